@@ -1,0 +1,147 @@
+"""Every config field with its default, in one place, and the start-up checks over them.
+
+Config files (configs/*.py) call `base_config()` and change what their setting needs; `check()` runs
+before anything is built, so a wrong value stops the run with one line naming the field.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from xvit_jax.errors import UserError
+from xvit_jax.models.attention import ATTENTION_TYPES
+from xvit_jax.models.heads import CONSENSUS_TYPES
+from xvit_jax.models.vit import shift_layer_indices
+
+DTYPES = ("float32", "bfloat16", "float16")
+DATASETS = ("synthetic",)
+
+
+def base_config():
+  """ViT-B/16 X-ViT on 8 frames at 224 (the paper's model), on the built-in synthetic task."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 64  # global, over all devices and processes
+  c.total_steps = 1000
+  c.log_every = 50
+  c.eval_every = 500  # 0: only at the end
+  c.checkpoint_every = 0  # 0: only at the end
+  c.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+
+  m = c.model = ml_collections.ConfigDict()
+  m.patch_size = 16
+  m.hidden_size = 768
+  m.num_layers = 12
+  m.num_heads = 12
+  m.mlp_dim = 3072
+  m.num_frames = 8
+  m.image_size = 224
+  m.num_classes = 400
+  m.attention = "xvit"  # xvit | spatial | joint | divided
+  m.shift_div = 4  # 1/shift_div of the k/v channels come from each neighbour frame (paper's rho = 2/shift_div)
+  m.shift_layers = "all"  # blocks that mix: "all", "none", or indices such as "0-5" or "1,3,5"
+  m.temporal_window = 1  # t_w: neighbours t-t_w .. t+t_w share channels (paper eqs. 8-9)
+  m.shift_segment = config_dict.placeholder(int)  # frames per independent mixing segment; None: num_frames
+  m.temporal_embed_frames = config_dict.placeholder(int)  # temporal embedding period; None: num_frames
+  m.consensus = "temporal_attention"  # avg | temporal_attention
+  m.summary_tokens = 0  # per-frame summary tokens every frame attends to (paper section 3); 0: off
+  m.dropout = 0.5  # before the head, and inside the temporal-attention head's MLP
+  m.droppath = 0.0  # stochastic depth, rising linearly to this over the blocks
+  m.norm_eps = 1e-6  # backbone LayerNorm epsilon
+  m.head = ml_collections.ConfigDict()  # the temporal-attention head; None or 0 follows the backbone
+  m.head.num_layers = 1
+  m.head.num_heads = config_dict.placeholder(int)
+  m.head.mlp_dim = config_dict.placeholder(int)
+  m.head.hidden_size = config_dict.placeholder(int)  # width of the MLP head's hidden layer
+  m.head.norm_eps = 1e-5
+
+  d = c.data = ml_collections.ConfigDict()
+  d.name = "synthetic"
+  d.train_size = 1_000_000  # synthetic clips are generated on the fly; this is one "epoch"
+  d.eval_size = 512
+  d.object_size = 8
+  d.speed = 4.0  # pixels per frame
+  d.workers = 0  # grain worker processes (0: read in the main process)
+
+  o = c.optimizer = ml_collections.ConfigDict()
+  o.learning_rate = 0.03  # peak, reached after warmup; cosine to zero at total_steps
+  o.warmup_steps = 100
+  o.warmup_start_lr = 0.0
+  o.momentum = 0.9
+  o.nesterov = True
+  o.weight_decay = 1e-5  # coupled (added to the gradient), as torch SGD in the official code
+  o.grad_clip = 0.0  # global-norm clipping; 0: off
+  o.label_smoothing = 0.0
+  return c
+
+
+def _fail(field, value, allowed):
+  raise UserError(f"config.{field}={value!r} is not allowed: {allowed}")
+
+
+def _positive_int(config, field):
+  value = _get(config, field)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    _fail(field, value, "it must be a positive integer")
+  return value
+
+
+def _get(config, field):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def check(config, num_devices):
+  """Raises UserError (one line naming the field) for any value the run could not use."""
+  m = config.model
+  for field in ("batch_size", "total_steps", "model.patch_size", "model.hidden_size", "model.num_layers",
+                "model.num_heads", "model.mlp_dim", "model.num_frames", "model.image_size", "model.num_classes",
+                "model.shift_div", "model.temporal_window"):
+    _positive_int(config, field)
+  if m.attention not in ATTENTION_TYPES:
+    _fail("model.attention", m.attention, f"one of {', '.join(ATTENTION_TYPES)}")
+  if m.consensus not in CONSENSUS_TYPES:
+    _fail("model.consensus", m.consensus, f"one of {', '.join(CONSENSUS_TYPES)}")
+  if config.dtype not in DTYPES:
+    _fail("dtype", config.dtype, f"one of {', '.join(DTYPES)}")
+  if config.data.name not in DATASETS:
+    _fail("data.name", config.data.name, f"one of {', '.join(DATASETS)}")
+  if m.image_size % m.patch_size:
+    _fail("model.image_size", m.image_size, f"a multiple of model.patch_size={m.patch_size}")
+  if m.hidden_size % m.num_heads:
+    _fail("model.hidden_size", m.hidden_size, f"a multiple of model.num_heads={m.num_heads}")
+  segment = m.shift_segment or m.num_frames
+  if m.shift_segment is not None and m.shift_segment <= 0:
+    _fail("model.shift_segment", m.shift_segment, "a positive integer, or None for model.num_frames")
+  if m.num_frames % segment:
+    _fail("model.num_frames", m.num_frames, f"a multiple of model.shift_segment={segment}")
+  if m.temporal_embed_frames is not None and m.temporal_embed_frames <= 0:
+    _fail("model.temporal_embed_frames", m.temporal_embed_frames, "a positive integer, or None for model.num_frames")
+  if 2 * m.temporal_window * (m.hidden_size // m.shift_div) > m.hidden_size:
+    _fail("model.shift_div", m.shift_div,
+          f"at least 2*model.temporal_window={2 * m.temporal_window} so the mixed channels fit in hidden_size")
+  try:
+    layers = shift_layer_indices(m.shift_layers, m.num_layers)
+  except ValueError:
+    layers = None
+  if layers is None or any(not 0 <= i < m.num_layers for i in layers):
+    _fail("model.shift_layers", m.shift_layers, f'"all", "none" or block indices in 0..{m.num_layers - 1} like "0-5,8"')
+  if not isinstance(m.summary_tokens, int) or m.summary_tokens < 0:
+    _fail("model.summary_tokens", m.summary_tokens, "an integer >= 0")
+  if m.summary_tokens and m.attention not in ("xvit", "spatial"):
+    _fail("model.summary_tokens", m.summary_tokens, f"0 with model.attention={m.attention!r} (xvit or spatial only)")
+  for field in ("model.dropout", "model.droppath", "optimizer.label_smoothing"):
+    if not 0.0 <= _get(config, field) < 1.0:
+      _fail(field, _get(config, field), "a rate in [0, 1)")
+  if m.consensus == "temporal_attention":
+    head_heads = m.head.num_heads or m.num_heads
+    if m.hidden_size % head_heads:
+      _fail("model.head.num_heads", head_heads, f"a divisor of model.hidden_size={m.hidden_size}")
+  if config.batch_size % num_devices:
+    _fail("batch_size", config.batch_size, f"a multiple of the {num_devices} devices it is split over")
+  for field in ("log_every", "eval_every", "checkpoint_every", "optimizer.warmup_steps", "data.workers"):
+    if _get(config, field) < 0:
+      _fail(field, _get(config, field), "an integer >= 0")
+  if config.optimizer.learning_rate <= 0:
+    _fail("optimizer.learning_rate", config.optimizer.learning_rate, "a positive number")

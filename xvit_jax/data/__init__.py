@@ -1,0 +1,1 @@
+"""Input: video sources (synthetic.py, later TFDS builders), transforms and grain pipelines."""

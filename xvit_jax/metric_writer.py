@@ -1,0 +1,43 @@
+"""Where metrics go: one JSON object per line in workdir/metrics.jsonl, TensorBoard event files in
+workdir/tensorboard, and a progress line on stdout. Only process 0 writes."""
+
+import json
+import os
+
+import jax
+from tensorboardX import SummaryWriter
+
+
+class MetricWriter:
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, metrics):
+    """metrics: {"train/loss": 0.7, "eval/top1": 0.9, ...} of Python floats."""
+    if not self.active or not metrics:
+      return
+    self.jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
+    self.jsonl.flush()
+    for name, value in metrics.items():
+      self.tb.add_scalar(name, value, int(step))
+    self.tb.flush()
+
+  def print(self, line):
+    if self.active:
+      print(line, flush=True)
+
+  def close(self):
+    if self.active:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def format_duration(seconds):
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,106 @@
+"""The training loop: build the sharded state, jit the step, log, evaluate and checkpoint."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
+from xvit_jax.data import pipeline, synthetic
+from xvit_jax.metric_writer import MetricWriter, format_duration
+from xvit_jax.models import create_model
+
+
+def create_train_state(config, tx, mesh):
+  """(graphdef, state): state = {"step", "params", "opt_state"}, created directly on the devices."""
+  make_model = lambda: create_model(config.model, dtype=config.dtype, seed=config.seed)
+  graphdef, _ = nnx.split(nnx.eval_shape(make_model))
+
+  def init():
+    params = nnx.state(make_model(), nnx.Param)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  abstract = jax.eval_shape(init)
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  return graphdef, jax.jit(init, out_shardings=shardings)()
+
+
+def make_train_step(config, graphdef, tx, schedule):
+  num_classes, smoothing = config.model.num_classes, config.optimizer.label_smoothing
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+
+    def loss_fn(params):
+      logits = nnx.merge(graphdef, params)(batch["video"], train=True, rngs=nnx.Rngs(dropout=rng))
+      targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), smoothing)
+      return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+                 "opt_state": opt_state}
+    metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "train/learning_rate": schedule(state["step"])}
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` for config.total_steps, resuming from workdir's newest checkpoint if there is one."""
+  config_lib.check(config, jax.device_count())
+  mesh = sharding.make_mesh()
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  graphdef, state = create_train_state(config, tx, mesh)
+  ckpt = checkpoints.manager(workdir)
+  restored = checkpoints.restore_latest(ckpt, state)
+  state = restored if restored is not None else state
+  first_step = int(state["step"])
+
+  train_step = make_train_step(config, graphdef, tx, schedule)
+  eval_step = evaluate.make_eval_step(graphdef)
+  to_global = lambda batch: sharding.global_batch(mesh, batch)
+  train_batches = iter(pipeline.train_dataset(synthetic.from_config(config, "train"), global_batch=config.batch_size,
+                                              seed=config.seed + first_step, workers=config.data.workers))
+  eval_source = synthetic.from_config(config, "eval")
+  run_eval = lambda params: evaluate.evaluate(
+      eval_step, params, pipeline.eval_dataset(eval_source, global_batch=config.batch_size), to_global)
+
+  writer = MetricWriter(workdir)
+  writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
+               f"parameters, {jax.device_count()} device(s), steps {first_step}..{config.total_steps}")
+  pending, timer_start, timed_steps, started = [], None, 0, time.time()
+  for step in range(first_step + 1, config.total_steps + 1):
+    state, metrics = train_step(state, to_global(next(train_batches)))
+    pending.append(metrics)
+    record = {}
+    if step % (config.log_every or config.total_steps) == 0 or step == config.total_steps:
+      record = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      if timer_start is None:  # the first interval holds compilation: time from here on
+        timer_start, timed_steps = time.time(), step
+        clips_per_sec = float("nan")
+      else:
+        clips_per_sec = (step - timed_steps) * config.batch_size / (time.time() - timer_start)
+      if clips_per_sec == clips_per_sec:
+        record["train/clips_per_sec"] = clips_per_sec
+      pending = []
+      eta = (config.total_steps - step) * config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
+      writer.print(f"step {step}/{config.total_steps} | loss {record['train/loss']:.4f} | "
+                   f"acc {record['train/accuracy']:.3f} | {clips_per_sec:.1f} clips/s | "
+                   f"ETA {format_duration(eta) if eta == eta else '?'}")
+    if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+      results = run_eval(state["params"])
+      record.update(results)
+      writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
+                   f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
+    writer.write(step, record)
+    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps:
+      checkpoints.save(ckpt, step, state)
+  ckpt.wait_until_finished()
+  ckpt.close()
+  writer.close()
+  return state
