@@ -27,3 +27,7 @@ def tiny_config(**model):
 @pytest.fixture
 def repo():
   return REPO
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long end-to-end checks (minutes); run with -m slow")

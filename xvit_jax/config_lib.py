@@ -59,7 +59,7 @@ def base_config():
   d.train_size = 1_000_000  # synthetic clips are generated on the fly; this is one "epoch"
   d.eval_size = 512
   d.object_size = 8
-  d.speed = 4.0  # pixels per frame
+  d.speed = 3.0  # pixels per frame
   d.workers = 0  # grain worker processes (0: read in the main process)
 
   o = c.optimizer = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ def decay_mask(params):
   """Weight decay on every parameter, embeddings and norms included, except the biases of the
   classifier head (official: biases of modules named *head*; the head's transformer layer decays)."""
   def decays(path, _):
-    keys = [str(getattr(k, "key", k)) for k in path]
+    keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]  # skips Variable's .value
     return not (keys[0] == "head" and keys[-1] == "bias" and "encoder" not in keys)
   return jax.tree_util.tree_map_with_path(decays, params)
 

@@ -38,8 +38,8 @@ class MovingObjects:
   def render(self, rng, start, velocity):
     """Frames of a clip whose object's top-left corner is at start + t * velocity (mod image_size)."""
     size, obj = self.image_size, self.object_size
-    background = rng.integers(0, 256, size=3) * 0.6 + rng.normal(0, 20, size=(size, size, 3))
-    pattern = rng.integers(0, 256, size=(2, 3))  # two colours in a random checker-like texture
+    background = rng.uniform(0, 64, size=3) + rng.uniform(0, 48, size=(size, size, 3))  # dark, noisy, static
+    pattern = rng.uniform(144, 256, size=(2, 3))  # a bright object: two colours in a random texture
     texture = pattern[rng.integers(0, 2, size=(obj, obj))]
     layer = np.zeros((size, size, 3))
     mask = np.zeros((size, size, 1))

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 ATTENTION_TYPES = ("xvit", "spatial", "joint", "divided")
+# Dense kernels start as in the original ViT (Xavier-uniform): scaled by width, so even a small model's
+# attention is far from uniform at step 0. Imported weights replace it anyway.
+DENSE_INIT = jax.nn.initializers.xavier_uniform()
 
 
 def space_time_mix(x, *, fold, segment, window=1):
@@ -70,10 +73,9 @@ class Attention(nnx.Module):
 
   def __init__(self, dim, num_heads, *, qkv_bias=True, dtype=None, rngs):
     self.num_heads = num_heads
-    init = jax.nn.initializers.truncated_normal(0.02)
     # One projection whose outputs are [q | k | v], each head-major: the official layout.
-    self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, kernel_init=init, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Linear(dim, dim, kernel_init=init, dtype=dtype, rngs=rngs)
+    self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
+    self.proj = nnx.Linear(dim, dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
     b, t, n, c = x.shape

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xvit_jax.models.attention import Attention
+from xvit_jax.models.attention import DENSE_INIT, Attention
 
 
 def drop_path(x, rate, *, train, rngs):
@@ -19,9 +19,8 @@ class Mlp(nnx.Module):
   """fc1 -> exact (erf) GELU -> fc2, as PyTorch's nn.GELU() in the official code."""
 
   def __init__(self, dim, hidden, *, dtype=None, rngs):
-    init = jax.nn.initializers.truncated_normal(0.02)
-    self.fc1 = nnx.Linear(dim, hidden, kernel_init=init, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, dim, kernel_init=init, dtype=dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, hidden, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     return self.fc2(nnx.gelu(self.fc1(x), approximate=False))

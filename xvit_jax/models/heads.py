@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xvit_jax.models.attention import DENSE_INIT
 from xvit_jax.models.blocks import Block
 
 CONSENSUS_TYPES = ("avg", "temporal_attention")
@@ -14,7 +15,7 @@ class AvgConsensus(nnx.Module):
 
   def __init__(self, dim, num_classes, *, dropout=0.0, dtype=None, rngs):
     self.dropout = nnx.Dropout(dropout)
-    self.fc = nnx.Linear(dim, num_classes, kernel_init=jax.nn.initializers.normal(0.001), dtype=dtype, rngs=rngs)
+    self.fc = nnx.Linear(dim, num_classes, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, frames, *, train=False, rngs=None):  # frames: (B, T, C)
     return self.fc(self.dropout(frames, deterministic=not train, rngs=rngs)).mean(axis=1)
@@ -34,10 +35,9 @@ class TemporalAttentionHead(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.encoder = nnx.List([Block(dim, num_heads, mlp_dim, qkv_bias=False, eps=eps, dtype=dtype, rngs=rngs)
                              for _ in range(num_layers)])
-    init = jax.nn.initializers.truncated_normal(0.02)
     self.norm = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
-    self.fc1 = nnx.Linear(dim, head_mlp_dim, kernel_init=init, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(head_mlp_dim, num_classes, kernel_init=init, dtype=dtype, rngs=rngs)
+    self.fc1 = nnx.Linear(dim, head_mlp_dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(head_mlp_dim, num_classes, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, frames, *, train=False, rngs=None):  # frames: (B, T, C)
     x = self.dropout(frames, deterministic=not train, rngs=rngs)

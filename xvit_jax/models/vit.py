@@ -38,12 +38,12 @@ class XViT(nnx.Module):
     segment = cfg.shift_segment or cfg.num_frames
     self.embed_period = cfg.temporal_embed_frames or cfg.num_frames
     self.dtype = dtype
-    init = jax.nn.initializers.truncated_normal(0.02)
+    embed_init = jax.nn.initializers.normal(dim ** -0.5)  # as big_vision's learned position embedding
 
     self.patch_embed = nnx.Conv(3, dim, kernel_size=(patch, patch), strides=(patch, patch), padding="VALID",
                                 dtype=dtype, rngs=rngs)
-    self.cls_token = nnx.Param(init(rngs.params(), (dim,)))
-    self.pos_embed = nnx.Param(init(rngs.params(), (1 + num_patches, dim)))  # index 0: the CLS position
+    self.cls_token = nnx.Param(jnp.zeros((dim,)))
+    self.pos_embed = nnx.Param(embed_init(rngs.params(), (1 + num_patches, dim)))  # index 0: the CLS position
     self.temp_embed = nnx.Param(jnp.zeros((self.embed_period, dim)))  # zeros, as the paper and code
     mixed = shift_layer_indices(cfg.shift_layers, cfg.num_layers) if cfg.attention == "xvit" else ()
     droppath = np.linspace(0.0, cfg.droppath, cfg.num_layers).tolist()

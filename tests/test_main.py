@@ -1,0 +1,54 @@
+"""`python -m xvit_jax.main` end to end, as a user runs it: metrics, TensorBoard, checkpoints, resume,
+several devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = ["--config.model.hidden_size=32", "--config.model.mlp_dim=64", "--config.model.num_layers=2",
+        "--config.model.image_size=16", "--config.model.num_frames=4", "--config.data.object_size=4",
+        "--config.data.eval_size=10", "--config.batch_size=8", "--config.log_every=2", "--config.eval_every=2"]
+
+
+def run_main(workdir, *overrides, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+                         *TINY, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def read_metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_log_evaluate_checkpoint_and_resume(tmp_path):
+  first = run_main(tmp_path, "--config.total_steps=4")
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "step 4/4 | loss" in first.stdout and "clips/s | ETA" in first.stdout
+  assert "eval at step 4: top1" in first.stdout
+  records = read_metrics(tmp_path)
+  assert [r["step"] for r in records] == [2, 4]
+  for r in records:
+    assert {"step", "train/loss", "train/accuracy", "eval/top1", "eval/top5"} <= set(r)
+    assert 0 <= r["eval/top1"] <= r["eval/top5"] <= 1
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+  resumed = run_main(tmp_path, "--config.total_steps=6")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "steps 4..6" in resumed.stdout
+  assert [r["step"] for r in read_metrics(tmp_path)] == [2, 4, 6]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
+
+
+def test_data_parallel_over_four_devices(tmp_path):
+  result = run_main(tmp_path, "--config.total_steps=2", devices=4)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "4 device(s)" in result.stdout
+  bad = run_main(tmp_path / "bad", "--config.total_steps=2", "--config.batch_size=6", devices=4)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      "error: config.batch_size=6 is not allowed: a multiple of the 4 devices it is split over")
