@@ -42,6 +42,7 @@ def base_config():
   m.temporal_window = 1  # t_w: neighbours t-t_w .. t+t_w share channels (paper eqs. 8-9)
   m.shift_segment = config_dict.placeholder(int)  # frames per independent mixing segment; None: num_frames
   m.temporal_embed_frames = config_dict.placeholder(int)  # temporal embedding period; None: num_frames
+  m.temporal_embed_fold_batch = False  # official quirk: slot (clip*T + t) mod period instead of t mod period
   m.consensus = "temporal_attention"  # avg | temporal_attention
   m.summary_tokens = 0  # per-frame summary tokens every frame attends to (paper section 3); 0: off
   m.dropout = 0.5  # before the head, and inside the temporal-attention head's MLP
@@ -71,6 +72,21 @@ def base_config():
   o.weight_decay = 1e-5  # coupled (added to the gradient), as torch SGD in the official code
   o.grad_clip = 0.0  # global-norm clipping; 0: off
   o.label_smoothing = 0.0
+  return c
+
+
+def official_xvit_b16(*, num_classes, shift_segment, shift_div):
+  """A released X-ViT-B/16 model exactly as the official code builds it (reference sections 1-4, 8.1)."""
+  c = base_config()
+  m = c.model
+  m.num_frames, m.image_size, m.patch_size, m.num_classes = 16, 224, 16, num_classes
+  m.attention, m.consensus = "xvit", "temporal_attention"  # the official `vit` consensus is the TA head
+  m.shift_div = shift_div  # the official SHIFT_DIV
+  m.shift_segment = shift_segment  # the official NUM_SEGMENTS: the shift restarts at its boundaries
+  m.temporal_embed_frames = 8  # VisionTransformer(num_frames=8) is never overridden
+  m.temporal_embed_fold_batch = True  # and indexed through view(B*T/8, 8, ...)
+  m.dropout, m.norm_eps, m.head.norm_eps, m.head.num_layers = 0.5, 1e-6, 1e-5, 1
+  c.optimizer.learning_rate, c.optimizer.nesterov = 0.03, True
   return c
 
 

@@ -37,6 +37,7 @@ class XViT(nnx.Module):
     num_patches = (cfg.image_size // patch) ** 2
     segment = cfg.shift_segment or cfg.num_frames
     self.embed_period = cfg.temporal_embed_frames or cfg.num_frames
+    self.embed_fold_batch = cfg.temporal_embed_fold_batch
     self.dtype = dtype
     embed_init = jax.nn.initializers.normal(dim ** -0.5)  # as big_vision's learned position embedding
 
@@ -70,7 +71,10 @@ class XViT(nnx.Module):
     x = x.reshape(b, t, -1, x.shape[-1])  # (B, T, S, C), patches in raster order
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, t, 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=2) + self.pos_embed[...].astype(x.dtype)  # (B, T, N, C)
-    x = x + self.temp_embed[...][jnp.arange(t) % self.embed_period][:, None, :].astype(x.dtype)
+    index = jnp.arange(t)  # frame t gets slot t mod period; the official code indexes the folded batch
+    if self.embed_fold_batch:  # (clip * T + t) mod period: differs only when T is not a multiple of it
+      index = jnp.arange(b)[:, None] * t + index
+    x = x + self.temp_embed[...][index % self.embed_period][..., None, :].astype(x.dtype)
     for block in self.blocks:
       x = block(x, train=train, rngs=rngs)
     return self.norm(x)[:, :, 0]

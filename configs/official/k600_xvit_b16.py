@@ -1,0 +1,9 @@
+"""xvit_b16_16_k600.pth: 16 frames, shift within 8-frame segments, 1/8 of the channels from each neighbour."""
+
+from xvit_jax import config_lib
+
+
+def get_config():
+  c = config_lib.official_xvit_b16(num_classes=600, shift_segment=8, shift_div=8)
+  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-5, 0.01, 0.3
+  return c

@@ -1,0 +1,9 @@
+"""xvit_b16_16_ss2.pth: 16 frames, shift over all 16, 1/4 of the channels from each neighbour."""
+
+from xvit_jax import config_lib
+
+
+def get_config():
+  c = config_lib.official_xvit_b16(num_classes=174, shift_segment=16, shift_div=4)
+  c.optimizer.weight_decay, c.optimizer.warmup_start_lr = 1e-4, 0.003
+  return c

@@ -1,0 +1,1 @@
+"""Weight conversion between xvit_jax and other codebases (pure functions: arrays in, arrays out)."""

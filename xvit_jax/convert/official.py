@@ -1,0 +1,141 @@
+"""The official X-ViT PyTorch state dict (1adrianb/video-transformers) <-> xvit_jax parameters.
+
+Parameters are plain nested dicts of numpy arrays, as `nnx.State.to_pure_dict()` gives them. Each rule
+pairs one of our parameters with one official key and says how the array changes on the way
+(reference section 4.3): Linear weights are transposed, the Conv2d weight goes OIHW -> HWIO, tokens and
+embeddings lose their leading singleton axes. The qkv projection keeps the official [q | k | v] head-major
+layout, so it is transposed and nothing else.
+"""
+
+import numpy as np
+
+from xvit_jax.errors import UserError
+
+# Official keys that carry no parameter of ours for this consensus; they are ignored on import.
+_UNUSED_WITH_TA_HEAD = ("new_fc.weight", "new_fc.bias")
+
+
+def _linear(ours, theirs, bias=True):
+  rules = [(ours + ("kernel",), theirs + ".weight", "linear")]
+  return rules + ([(ours + ("bias",), theirs + ".bias", "same")] if bias else [])
+
+
+def _norm(ours, theirs):
+  return [(ours + ("scale",), theirs + ".weight", "same"), (ours + ("bias",), theirs + ".bias", "same")]
+
+
+def _block(ours, theirs, qkv_bias=True):
+  return (_norm(ours + ("norm1",), theirs + ".norm1") + _linear(ours + ("attn", "qkv"), theirs + ".attn.qkv", qkv_bias)
+          + _linear(ours + ("attn", "proj"), theirs + ".attn.proj") + _norm(ours + ("norm2",), theirs + ".norm2")
+          + _linear(ours + ("mlp", "fc1"), theirs + ".mlp.fc1") + _linear(ours + ("mlp", "fc2"), theirs + ".mlp.fc2"))
+
+
+def rules(model_cfg):
+  """[(our parameter path, official key, transform)] for an `xvit` or `spatial` model of this config."""
+  b = "base_model"
+  out = [(("patch_embed", "kernel"), f"{b}.patch_embed.proj.weight", "conv"),
+         (("patch_embed", "bias"), f"{b}.patch_embed.proj.bias", "same"),
+         (("cls_token",), f"{b}.cls_token", "token"),
+         (("pos_embed",), f"{b}.pos_embed", "token"),
+         (("temp_embed",), f"{b}.temp_embed", "temporal")]
+  for i in range(model_cfg.num_layers):
+    out += _block(("blocks", i), f"{b}.blocks.{i}")
+  out += _norm(("norm",), f"{b}.norm")
+  if model_cfg.consensus == "avg":
+    out += _linear(("head", "fc"), "new_fc")
+  else:
+    out += [(("head", "cls_token"), "consensus.cls_token", "token")]
+    for i in range(model_cfg.head.num_layers):
+      out += _block(("head", "encoder", i), f"consensus.temporal_encoder.{i}", qkv_bias=False)
+    out += (_norm(("head", "norm"), "consensus.mlp_head.0") + _linear(("head", "fc1"), "consensus.mlp_head.1")
+            + _linear(("head", "fc2"), "consensus.mlp_head.4"))
+  return out
+
+
+def _to_ours(array, transform, shape):
+  if transform == "linear":
+    return array.T
+  if transform == "conv":  # (O, I, kH, kW) -> (kH, kW, I, O)
+    return array.transpose(2, 3, 1, 0)
+  if transform in ("token", "temporal"):  # (1, 1, C), (1, N, C), (1, P, 1, C) -> (C,), (N, C), (P, C)
+    return array.reshape(shape) if array.size == int(np.prod(shape)) else array
+  return array
+
+
+def _to_theirs(array, transform, official_shape):
+  if transform == "linear":
+    return array.T
+  if transform == "conv":
+    return array.transpose(3, 2, 0, 1)
+  if transform in ("token", "temporal"):
+    return array.reshape(official_shape)
+  return array
+
+
+def _official_shape(transform, shape):
+  if transform == "token":
+    return (1, 1, shape[0]) if len(shape) == 1 else (1, *shape)
+  if transform == "temporal":
+    return (1, shape[0], 1, shape[1])
+  if transform == "linear":
+    return shape[::-1]
+  if transform == "conv":
+    return (shape[3], shape[2], shape[0], shape[1])
+  return shape
+
+
+def unwrap(checkpoint):
+  """The state dict inside a saved file: `model_state`, `state_dict`, `state_dict_ema` or `model`, else the
+  file itself (raw timm ViT weights get the `base_model.` prefix); a DDP `module.` prefix is removed."""
+  for key in ("model_state", "state_dict", "state_dict_ema", "model"):
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+      checkpoint = checkpoint[key]
+      break
+  sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in checkpoint.items()}
+  if sd and not any(k.startswith(("base_model.", "consensus.", "new_fc.")) for k in sd):
+    sd = {f"base_model.{k}": v for k, v in sd.items()}
+  return sd
+
+
+def _get(tree, path):
+  for part in path:
+    tree = tree[part]
+  return tree
+
+
+def _set(tree, path, value):
+  for part in path[:-1]:
+    tree = tree.setdefault(part, {})
+  tree[path[-1]] = value
+
+
+def import_params(state_dict, model_cfg, expected):
+  """Official state dict -> our nested params; `expected` is our params tree (arrays or shape structs)
+  for the config. Raises UserError naming the parameter and both shapes, or listing missing and
+  unexpected keys."""
+  state_dict = {k: np.asarray(v) for k, v in unwrap(state_dict).items()}
+  table = rules(model_cfg)
+  ignored = set(_UNUSED_WITH_TA_HEAD) if model_cfg.consensus != "avg" else set()
+  missing = [key for _, key, _ in table if key not in state_dict]
+  unexpected = sorted(set(state_dict) - {key for _, key, _ in table} - ignored)
+  if missing or unexpected:
+    raise UserError(f"checkpoint does not fit the config: missing keys {missing or 'none'}; "
+                    f"unexpected keys {unexpected or 'none'}")
+  params = {}
+  for path, key, transform in table:
+    want = tuple(_get(expected, path).shape)
+    value = _to_ours(state_dict[key], transform, want)
+    if value.shape != want:
+      raise UserError(f"checkpoint parameter {key} has shape {tuple(state_dict[key].shape)}, the config needs "
+                      f"{'/'.join(map(str, path))} of shape {want} (official shape {_official_shape(transform, want)})")
+    _set(params, path, value.astype(np.float32))
+  return params
+
+
+def export_state_dict(params, model_cfg):
+  """Our nested params -> the official state dict (numpy arrays under the official key names)."""
+  sd = {}
+  for path, key, transform in rules(model_cfg):
+    value = np.asarray(_get(params, path))
+    sd[key] = np.ascontiguousarray(_to_theirs(value, transform, _official_shape(transform, value.shape)))
+  return sd
