@@ -52,3 +52,22 @@ def test_data_parallel_over_four_devices(tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
       "error: config.batch_size=6 is not allowed: a multiple of the 4 devices it is split over")
+
+
+def test_evaluate_mode_init_from_and_a_checkpoint_of_another_config(tmp_path):
+  assert run_main(tmp_path / "a", "--config.total_steps=2").returncode == 0
+  evaluated = run_main(tmp_path / "a", "--mode=evaluate")
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert "evaluation: eval/top1" in evaluated.stdout
+  assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["2"]
+
+  finetuned = run_main(tmp_path / "b", "--config.total_steps=2", f"--config.init_from={tmp_path / 'a'}")
+  assert finetuned.returncode == 0, finetuned.stderr[-2000:]
+  assert f"initialised from {tmp_path / 'a'}" in finetuned.stdout and "steps 0..2" in finetuned.stdout
+
+  other = run_main(tmp_path / "a", "--config.total_steps=4", "--config.model.mlp_dim=96")
+  assert other.returncode == 2
+  last = other.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: checkpoint {tmp_path / 'a' / 'checkpoints' / '2'} is from another model config: "
+                         "parameter blocks/0/mlp/fc1/bias has shape (64,), the config needs (96,)"), last
+  assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["2"]

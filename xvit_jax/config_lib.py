@@ -26,6 +26,7 @@ def base_config():
   c.eval_every = 500  # 0: only at the end
   c.checkpoint_every = 0  # 0: only at the end
   c.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+  c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, or timm/official state dict
 
   m = c.model = ml_collections.ConfigDict()
   m.patch_size = 16

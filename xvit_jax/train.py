@@ -9,6 +9,7 @@ import optax
 from flax import nnx
 
 from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
+from xvit_jax.convert import pretrained
 from xvit_jax.data import pipeline, synthetic
 from xvit_jax.metric_writer import MetricWriter, format_duration
 from xvit_jax.models import create_model
@@ -50,57 +51,94 @@ def make_train_step(config, graphdef, tx, schedule):
   return jax.jit(train_step, donate_argnums=0)
 
 
-def train_and_evaluate(config, workdir):
-  """Trains `config` for config.total_steps, resuming from workdir's newest checkpoint if there is one."""
+def _pure(params):
+  return nnx.to_pure_dict(params)
+
+
+def _set_params(state, pure):
+  nnx.replace_by_pure_dict(state["params"], pure)
+
+
+def restore_or_initialise(config, state, ckpt, writer):
+  """The newest checkpoint in the workdir if there is one (with its optimizer state when it has it),
+  else `config.init_from` if set, else `state` as created."""
+  step = ckpt.latest_step()
+  if step is not None:
+    _set_params(state, checkpoints.restore_params(ckpt, step, _pure(state["params"])))
+    if checkpoints.has_train_state(ckpt, step):
+      restored = checkpoints.restore_train(ckpt, step, {"step": state["step"], "opt_state": state["opt_state"]})
+      state.update(restored)
+      writer.print(f"resumed from {ckpt.directory}/{step}")
+    else:
+      writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
+  elif config.init_from:
+    params, report = pretrained.load(config.init_from, config.model, jax.device_get(_pure(state["params"])))
+    _set_params(state, jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), params, _pure(state["params"])))
+    writer.print(f"initialised from {config.init_from}: {len(report['loaded'])} parameters loaded, "
+                 f"fresh: {', '.join(report['fresh']) or 'none'}; ignored from the file: "
+                 f"{', '.join(report['dropped']) or 'nothing'}")
+  return state
+
+
+def train_and_evaluate(config, workdir, *, mode="train"):
+  """Trains `config` for config.total_steps (mode "train"), resuming from workdir's newest checkpoint if
+  there is one, or only evaluates that checkpoint (mode "evaluate")."""
   config_lib.check(config, jax.device_count())
   mesh = sharding.make_mesh()
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   graphdef, state = create_train_state(config, tx, mesh)
-  ckpt = checkpoints.manager(workdir)
-  restored = checkpoints.restore_latest(ckpt, state)
-  state = restored if restored is not None else state
-  first_step = int(state["step"])
-
-  train_step = make_train_step(config, graphdef, tx, schedule)
-  eval_step = evaluate.make_eval_step(graphdef)
-  to_global = lambda batch: sharding.global_batch(mesh, batch)
-  train_batches = iter(pipeline.train_dataset(synthetic.from_config(config, "train"), global_batch=config.batch_size,
-                                              seed=config.seed + first_step, workers=config.data.workers))
-  eval_source = synthetic.from_config(config, "eval")
-  run_eval = lambda params: evaluate.evaluate(
-      eval_step, params, pipeline.eval_dataset(eval_source, global_batch=config.batch_size), to_global)
-
   writer = MetricWriter(workdir)
-  writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
-               f"parameters, {jax.device_count()} device(s), steps {first_step}..{config.total_steps}")
-  pending, timer_start, timed_steps, started = [], None, 0, time.time()
-  for step in range(first_step + 1, config.total_steps + 1):
-    state, metrics = train_step(state, to_global(next(train_batches)))
-    pending.append(metrics)
-    record = {}
-    if step % (config.log_every or config.total_steps) == 0 or step == config.total_steps:
-      record = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      if timer_start is None:  # the first interval holds compilation: time from here on
-        timer_start, timed_steps = time.time(), step
-        clips_per_sec = float("nan")
-      else:
-        clips_per_sec = (step - timed_steps) * config.batch_size / (time.time() - timer_start)
-      if clips_per_sec == clips_per_sec:
-        record["train/clips_per_sec"] = clips_per_sec
-      pending = []
-      eta = (config.total_steps - step) * config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
-      writer.print(f"step {step}/{config.total_steps} | loss {record['train/loss']:.4f} | "
-                   f"acc {record['train/accuracy']:.3f} | {clips_per_sec:.1f} clips/s | "
-                   f"ETA {format_duration(eta) if eta == eta else '?'}")
-    if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+  ckpt = checkpoints.manager(workdir, create=mode == "train")
+  try:
+    state = restore_or_initialise(config, state, ckpt, writer)
+    first_step = int(state["step"])
+
+    train_step = make_train_step(config, graphdef, tx, schedule)
+    eval_step = evaluate.make_eval_step(graphdef)
+    to_global = lambda batch: sharding.global_batch(mesh, batch)
+    train_batches = iter(pipeline.train_dataset(synthetic.from_config(config, "train"), global_batch=config.batch_size,
+                                                seed=config.seed + first_step, workers=config.data.workers))
+    eval_source = synthetic.from_config(config, "eval")
+    run_eval = lambda params: evaluate.evaluate(
+        eval_step, params, pipeline.eval_dataset(eval_source, global_batch=config.batch_size), to_global)
+
+    if mode == "evaluate":
       results = run_eval(state["params"])
-      record.update(results)
-      writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
-                   f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
-    writer.write(step, record)
-    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps:
-      checkpoints.save(ckpt, step, state)
-  ckpt.wait_until_finished()
-  ckpt.close()
-  writer.close()
-  return state
+      writer.print("evaluation: " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
+      writer.write(first_step, results)
+      return results
+
+    writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
+                 f"parameters, {jax.device_count()} device(s), steps {first_step}..{config.total_steps}")
+    pending, timer_start, timed_steps, started = [], None, 0, time.time()
+    for step in range(first_step + 1, config.total_steps + 1):
+      state, metrics = train_step(state, to_global(next(train_batches)))
+      pending.append(metrics)
+      record = {}
+      if step % (config.log_every or config.total_steps) == 0 or step == config.total_steps:
+        record = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        if timer_start is None:  # the first interval holds compilation: time from here on
+          timer_start, timed_steps = time.time(), step
+          clips_per_sec = float("nan")
+        else:
+          clips_per_sec = (step - timed_steps) * config.batch_size / (time.time() - timer_start)
+        if clips_per_sec == clips_per_sec:
+          record["train/clips_per_sec"] = clips_per_sec
+        pending = []
+        eta = (config.total_steps - step) * config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
+        writer.print(f"step {step}/{config.total_steps} | loss {record['train/loss']:.4f} | "
+                     f"acc {record['train/accuracy']:.3f} | {clips_per_sec:.1f} clips/s | "
+                     f"ETA {format_duration(eta) if eta == eta else '?'}")
+      if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+        results = run_eval(state["params"])
+        record.update(results)
+        writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
+                     f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
+      writer.write(step, record)
+      if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps:
+        checkpoints.save(ckpt, step, _pure(state["params"]), {"step": state["step"], "opt_state": state["opt_state"]})
+    ckpt.wait_until_finished()
+    return state
+  finally:
+    ckpt.close()
+    writer.close()

@@ -1,0 +1,1 @@
+"""Command lines over convert/ and predict: import_official, export_official."""
