@@ -26,6 +26,11 @@ BAD = [
     ({"data.name": "kinetics"}, "config.data.name='kinetics'", "synthetic"),
     ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate=0.0", "positive"),
     ({"model.consensus": "temporal_attention", "model.head.num_heads": 5}, "config.model.head.num_heads=5", "divisor"),
+    ({"eval.sampling": "uniform"}, "config.eval.sampling='uniform'", "dense, segment"),
+    ({"eval.spatial_crops": 2}, "config.eval.spatial_crops=2", "1 or 3"),
+    ({"eval.sampling": "segment", "eval.temporal_views": 4}, "config.eval.temporal_views=4", "1..3"),
+    ({"data.label_names": "kinetics400"}, "config.data.label_names='kinetics400'", "kinetics600"),
+    ({"data.label_names": "kinetics600"}, "config.data.label_names='kinetics600'", "num_classes=3 names (it has 600)"),
 ]
 
 

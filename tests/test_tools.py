@@ -15,7 +15,7 @@ from xvit_jax.models import create_model
 
 SMALL = ["--config.model.hidden_size=32", "--config.model.num_heads=4", "--config.model.mlp_dim=128",
          "--config.model.num_layers=2", "--config.model.patch_size=8", "--config.model.image_size=32",
-         "--config.model.num_classes=5"]
+         "--config.model.num_classes=5", "--config.data.label_names="]
 
 
 def tool(name, *args):
@@ -30,8 +30,9 @@ def small_config():
   spec.loader.exec_module(module)
   c = module.get_config()
   for arg in SMALL:
-    field, value = arg[len("--config.model."):].split("=")
-    c.model[field] = int(value)
+    field, value = arg[len("--config."):].split("=")
+    group, name = field.split(".")
+    c[group][name] = int(value) if group == "model" else value
   return c
 
 

@@ -7,6 +7,7 @@ before anything is built, so a wrong value stops the run with one line naming th
 import ml_collections
 from ml_collections import config_dict
 
+from xvit_jax import labels
 from xvit_jax.errors import UserError
 from xvit_jax.models.attention import ATTENTION_TYPES
 from xvit_jax.models.heads import CONSENSUS_TYPES
@@ -64,6 +65,14 @@ def base_config():
   d.speed = 3.0  # pixels per frame
   d.workers = 0  # grain worker processes (0: read in the main process)
 
+  d.label_names = ""  # built-in class names: kinetics600 | something_something_v2 ("": "class <i>")
+
+  e = c.eval = ml_collections.ConfigDict()  # how a whole video becomes views (predict, video evaluation)
+  e.sampling = "dense"  # dense: num_frames every `stride` frames (Kinetics) | segment: one per segment (SSv2)
+  e.stride = 16  # dense sampling: source frames between two sampled frames
+  e.temporal_views = 1  # clips per video; logits are summed over all views
+  e.spatial_crops = 3  # 3: left/centre/right (or top/centre/bottom) crops of the short-side-resized video; 1: centre
+
   o = c.optimizer = ml_collections.ConfigDict()
   o.learning_rate = 0.03  # peak, reached after warmup; cosine to zero at total_steps
   o.warmup_steps = 100
@@ -88,6 +97,7 @@ def official_xvit_b16(*, num_classes, shift_segment, shift_div):
   m.temporal_embed_fold_batch = True  # and indexed through view(B*T/8, 8, ...)
   m.dropout, m.norm_eps, m.head.norm_eps, m.head.num_layers = 0.5, 1e-6, 1e-5, 1
   c.optimizer.learning_rate, c.optimizer.nesterov = 0.03, True
+  c.eval.spatial_crops = 3  # short side -> 224, then three 224 crops (reference 5.2, 8.1 item 11)
   return c
 
 
@@ -160,5 +170,19 @@ def check(config, num_devices):
   for field in ("log_every", "eval_every", "checkpoint_every", "optimizer.warmup_steps", "data.workers"):
     if _get(config, field) < 0:
       _fail(field, _get(config, field), "an integer >= 0")
+  if config.eval.sampling not in ("dense", "segment"):
+    _fail("eval.sampling", config.eval.sampling, "one of dense, segment")
+  if config.eval.spatial_crops not in (1, 3):
+    _fail("eval.spatial_crops", config.eval.spatial_crops, "1 or 3")
+  max_views = 3 if config.eval.sampling == "segment" else 1_000
+  if not 1 <= config.eval.temporal_views <= max_views:
+    _fail("eval.temporal_views", config.eval.temporal_views, f"an integer in 1..{max_views} for {config.eval.sampling} sampling")
+  if config.eval.stride <= 0:
+    _fail("eval.stride", config.eval.stride, "a positive integer")
+  if config.data.label_names not in ("",) + labels.DATASETS:
+    _fail("data.label_names", config.data.label_names, f"empty or one of {', '.join(labels.DATASETS)}")
+  if config.data.label_names and len(labels.names(config.data.label_names)) != m.num_classes:
+    _fail("data.label_names", config.data.label_names,
+          f"a list of model.num_classes={m.num_classes} names (it has {len(labels.names(config.data.label_names))})")
   if config.optimizer.learning_rate <= 0:
     _fail("optimizer.learning_rate", config.optimizer.learning_rate, "a positive number")

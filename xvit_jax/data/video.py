@@ -1,0 +1,189 @@
+"""Video decoding (PyAV) and the official test-time views: frame sampling, resize, crops.
+
+numpy and PyAV only (no jax), so dataset preparation and data workers can use it. "Reference" is
+shared/reference/xvit.md: section 5.1 (normalisation), 5.2 (Kinetics dense sampling, resize, 3 crops),
+5.3 (SSv2 segment sampling) and 8.1 item 11 (short side -> crop size, bilinear without antialias).
+"""
+
+import io
+import math
+import os
+
+import av
+import numpy as np
+
+from xvit_jax.errors import UserError
+
+
+def decode(path_or_bytes, *, name=None):
+  """All frames of the first video stream as RGB uint8 (N, H, W, 3).
+
+  `path_or_bytes` is a path (str or os.PathLike) or the encoded file (bytes); `name` replaces the path in
+  error messages (e.g. the record a byte string came from). Every failure (missing file, not a video,
+  corrupt or truncated data, no decodable frame) raises UserError with one line naming the video.
+  A file cut short after its first frames can decode to fewer frames without error (the container
+  cannot always tell); that is not detected here.
+  """
+  if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+    source, label = io.BytesIO(bytes(path_or_bytes)), name or f"<{len(path_or_bytes)} bytes>"
+  else:
+    source, label = os.fspath(path_or_bytes), name or os.fspath(path_or_bytes)
+
+  def fail(reason):
+    return UserError(f"cannot decode video {label}: {' '.join(str(reason).split())}")
+
+  try:
+    with av.open(source, mode="r") as container:
+      streams = container.streams.video
+      frames = []
+      if streams:
+        streams[0].thread_type = "AUTO"
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(streams[0])]
+  except av.FFmpegError as e:
+    raise fail(e.strerror or e) from None
+  except (OSError, EOFError, ValueError) as e:  # raised by Python file objects and numpy conversion
+    raise fail(getattr(e, "strerror", None) or e) from None
+  if not streams:
+    raise fail("no video stream")
+  if not frames:
+    raise fail("no frames decoded")
+  if len({f.shape for f in frames}) > 1:
+    raise fail(f"frame size changes within the video {sorted({f.shape[:2] for f in frames})}")
+  return np.stack(frames)
+
+
+def _check_length(num_video_frames):
+  if num_video_frames < 1:
+    raise UserError(f"cannot sample frames from a video with {num_video_frames} frames")
+
+
+def _torch_linspace_f32(start, end, steps):
+  """torch.linspace(start, end, steps) for float32 as torch's CPU kernel writes it (scalar path)."""
+  start, end = np.float32(start), np.float32(end)
+  if steps == 1:
+    return np.array([start], np.float32)
+  step = (end - start) / np.float32(steps - 1)
+  i = np.arange(steps)
+  from_start = start + step * i.astype(np.float32)
+  from_end = end - step * (steps - 1 - i).astype(np.float32)
+  return np.where(i < steps // 2, from_start, from_end)
+
+
+def dense_indices(num_video_frames, num_frames, stride, *, clip_index, num_clips):
+  """Kinetics test sampling (reference 5.2): `num_frames` indices spread over num_frames*stride frames.
+
+  The span starts at max(len - span, 0) * clip_index / num_clips, so with one clip it starts at frame
+  0 (not centred). Indices = linspace(start, start + span - 1, num_frames) in float32 (as torch does),
+  clamped to [0, len - 1] and truncated to int; short videos repeat their last frame.
+  """
+  _check_length(num_video_frames)
+  span = num_frames * stride
+  start = max(num_video_frames - span, 0) * clip_index / num_clips
+  index = _torch_linspace_f32(start, start + span - 1, num_frames)
+  return np.clip(index, 0, num_video_frames - 1).astype(np.int64)
+
+
+def segment_indices(num_video_frames, num_frames, *, view):
+  """SSv2 test sampling (reference 5.3): one frame per segment of (len - 1) / num_frames frames.
+
+  Segment i spans [round(seg*i), round(seg*(i+1))] with Python's round (half to even, as the
+  official np.round). View 0 takes the midpoint (start + end) // 2, view 1 the start, view 2 the end.
+  """
+  _check_length(num_video_frames)
+  if view not in (0, 1, 2):
+    raise UserError(f"segment sampling has temporal views 0, 1, 2; got view {view}")
+  seg = float(num_video_frames - 1) / num_frames
+  start = np.array([round(seg * i) for i in range(num_frames)], np.int64)
+  end = np.array([round(seg * (i + 1)) for i in range(num_frames)], np.int64)
+  return (start + end) // 2 if view == 0 else start if view == 1 else end
+
+
+def _linear_taps(n_in, n_out):
+  """Source indices and weights of torch's bilinear (align_corners=False) along one axis, in float32."""
+  scale = np.float32(n_in) / np.float32(n_out)
+  src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+  src = np.maximum(src, np.float32(0))
+  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+  w1 = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
+  i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+  return i0, i1, np.float32(1) - w1, w1
+
+
+def resize_short_side(frames, size):
+  """Resize (T, H, W, C) so the short side is `size`: float32, as the official test resize (ref. 5.2).
+
+  That is SlowFast's `random_short_side_scale_jitter` with min = max = size: frames whose short side
+  already equals `size` come back unchanged; otherwise the long side becomes
+  int(math.floor(long / short * size)) (floor, Python float64), and the image is resampled as
+  torch.nn.functional.interpolate(mode="bilinear", align_corners=False): half-pixel centres, source
+  coordinate (dst + 0.5) * in / out - 0.5 clamped at 0, two taps, NO antialiasing (reference 8.1
+  item 11). Separable: along W, then the rows are blended along H, the order of torch's CPU kernel.
+  Portrait frames (H > W) keep W = size; square frames count as landscape.
+  """
+  frames = np.asarray(frames, np.float32)
+  height, width = frames.shape[1:3]
+  if min(height, width) == size:
+    return frames
+  if width < height:
+    new_h, new_w = int(math.floor(float(height) / width * size)), size
+  else:
+    new_h, new_w = size, int(math.floor(float(width) / height * size))
+  i0, i1, w0, w1 = _linear_taps(width, new_w)
+  frames = frames[:, :, i0] * w0[:, None] + frames[:, :, i1] * w1[:, None]
+  i0, i1, w0, w1 = _linear_taps(height, new_h)
+  return frames[:, i0] * w0[:, None, None] + frames[:, i1] * w1[:, None, None]
+
+
+def three_crops(frames, size):
+  """(3, T, size, size, C): left/centre/right crops, or top/centre/bottom when H > W (reference 5.2).
+
+  The centre offset is ceil((L - size) / 2), as SlowFast's `uniform_crop`; the other axis is cut at
+  its own centre offset. Square frames count as landscape.
+  """
+  height, width = frames.shape[1:3]
+  if min(height, width) < size:
+    raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
+  y, x = math.ceil((height - size) / 2), math.ceil((width - size) / 2)
+  if height > width:
+    offsets = [(0, x), (y, x), (height - size, x)]
+  else:
+    offsets = [(y, 0), (y, x), (y, width - size)]
+  return np.stack([frames[:, y0:y0 + size, x0:x0 + size] for y0, x0 in offsets])
+
+
+def normalize(frames):
+  """uint8 -> float32 in [-1, 1] as the official tensor_normalize: (x / 255 - 0.5) / 0.5 (ref. 5.1)."""
+  return (np.asarray(frames, np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+
+
+def eval_views(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1,
+               spatial_crops=3):
+  """The official test views of one decoded video: float32 (views, num_frames, S, S, 3) in [-1, 1].
+
+  views = temporal_views * spatial_crops, ordered view by view, each with its crops (left, centre,
+  right). sampling "dense" (Kinetics, needs `stride`) or "segment" (SSv2, at most 3 temporal views).
+  Per temporal view: pick frames, normalise, resize the short side to `image_size` (the normalised
+  floats, as the official code), then crop (reference 5.2, 5.3, 8.1 item 11). spatial_crops=1 takes the
+  centre crop of that same resize (the official Kinetics single-crop mode resizes the short side to
+  TRAIN_JITTER_SCALES[0] first instead).
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[0] == 0:
+    raise UserError(f"expected decoded frames (N > 0, H, W, 3), got shape {frames.shape}")
+  if spatial_crops not in (1, 3):
+    raise UserError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
+  if sampling == "dense":
+    if stride is None:
+      raise UserError("dense sampling needs a stride")
+    indices = [dense_indices(len(frames), num_frames, stride, clip_index=k, num_clips=temporal_views)
+               for k in range(temporal_views)]
+  elif sampling == "segment":
+    indices = [segment_indices(len(frames), num_frames, view=k) for k in range(temporal_views)]
+  else:
+    raise UserError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
+  views = []
+  for index in indices:
+    clip = resize_short_side(normalize(frames[index]), image_size)
+    crops = three_crops(clip, image_size)
+    views.extend(crops if spatial_crops == 3 else crops[1:2])
+  return np.stack(views)
