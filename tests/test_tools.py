@@ -85,3 +85,20 @@ def test_a_checkpoint_that_does_not_fit_writes_nothing(tmp_path, official_npz):
   missing = tool("import_official", f"--checkpoint={tmp_path / 'nope.pth'}", f"--output={tmp_path / 'out'}")
   assert missing.returncode == 2 and "nope.pth does not exist" in missing.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_main_evaluates_and_fine_tunes_an_imported_checkpoint(tmp_path, official_npz):
+  _, path = official_npz
+  assert tool("import_official", f"--checkpoint={path}", f"--output={tmp_path}").returncode == 0
+  common = ["--config.model.num_frames=8", "--config.batch_size=2", "--config.data.eval_size=2",
+            "--config.data.object_size=8", "--config.log_every=1"]
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", "xvit_jax.main", "--config=configs/official/k600_xvit_b16.py", *SMALL, *common,
+       f"--workdir={tmp_path}", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+  evaluated = run("--mode=evaluate")
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert "with a fresh optimizer" in evaluated.stdout and "evaluation: eval/top1" in evaluated.stdout
+  tuned = run("--config.total_steps=2")
+  assert tuned.returncode == 0, tuned.stderr[-2000:]
+  assert "steps 0..2" in tuned.stdout
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "2"]

@@ -87,3 +87,8 @@ class XViT(nnx.Module):
 def create_model(cfg, *, dtype="float32", seed=0):
   """Builds XViT from `config.model` with parameters drawn from `seed` (float32 parameters)."""
   return XViT(cfg, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(params=seed))
+
+
+def abstract_params(cfg):
+  """The parameters' shapes and dtypes (nested dict of ShapeDtypeStruct) without computing any."""
+  return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: create_model(cfg)), nnx.Param))

@@ -2,7 +2,8 @@
 
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from xvit_jax.errors import UserError
 
@@ -19,3 +20,11 @@ def run(main):
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
   app.run(guarded)
+
+
+def define_flags(*, config, checkpoint, output):
+  """--config, --checkpoint and --output (all required) with the given help texts; their FlagHolders."""
+  holders = (config_flags.DEFINE_config_file("config", None, config),
+             flags.DEFINE_string("checkpoint", None, checkpoint), flags.DEFINE_string("output", None, output))
+  flags.mark_flags_as_required(["config", "checkpoint", "output"])
+  return holders

@@ -10,27 +10,23 @@
 import os
 
 import numpy as np
-from absl import flags
-from flax import nnx
-from ml_collections import config_flags
 
-from xvit_jax import checkpoints, config_lib
+from xvit_jax import checkpoints, config_lib, models
 from xvit_jax.convert import official
 from xvit_jax.errors import UserError
 from xvit_jax.tools import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The model config the checkpoint was made with.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An xvit_jax checkpoint directory (its newest step).")
-_OUTPUT = flags.DEFINE_string("output", None, "The .pth or .npz file to write.")
-flags.mark_flags_as_required(["config", "checkpoint", "output"])
+_CONFIG, _CHECKPOINT, _OUTPUT = cli.define_flags(
+    config="The model config the checkpoint was made with.",
+    checkpoint="An xvit_jax checkpoint directory (its newest step).",
+    output="The .pth or .npz file to write.")
 
 
 def export_checkpoint(config, checkpoint, output):
   config_lib.check(config, num_devices=1)
   if not output.endswith((".pth", ".npz")):
     raise UserError(f"--output={output} must end in .pth or .npz")
-  from xvit_jax.models import create_model  # pylint: disable=import-outside-toplevel
-  template = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: create_model(config.model)), nnx.Param))
+  template = models.abstract_params(config.model)
   _, params = checkpoints.latest_params(checkpoint, template)
   state_dict = official.export_state_dict(params, config.model)
   partial = output + ".partial"

@@ -9,19 +9,16 @@ or --config.init_from=DIR), `predict` and `tools.export_official` load. Nothing 
 
 import os
 
-from absl import flags
-from flax import nnx
-from ml_collections import config_flags
 
-from xvit_jax import checkpoints, config_lib
+from xvit_jax import checkpoints, config_lib, models
 from xvit_jax.convert import official, pretrained
 from xvit_jax.errors import UserError
 from xvit_jax.tools import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config (e.g. configs/official/k600_xvit_b16.py).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The official .pth, or an .npz of its state dict.")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory for the xvit_jax checkpoint (must not hold one).")
-flags.mark_flags_as_required(["config", "checkpoint", "output"])
+_CONFIG, _CHECKPOINT, _OUTPUT = cli.define_flags(
+    config="Model config (e.g. configs/official/k600_xvit_b16.py).",
+    checkpoint="The official .pth, or an .npz of its state dict.",
+    output="Directory for the xvit_jax checkpoint (must not hold one).")
 
 
 def import_checkpoint(config, checkpoint, output):
@@ -29,8 +26,7 @@ def import_checkpoint(config, checkpoint, output):
   config_lib.check(config, num_devices=1)
   if os.path.isdir(os.path.join(output, "checkpoints")) and os.listdir(os.path.join(output, "checkpoints")):
     raise UserError(f"{output} already holds checkpoints; choose an empty --output")
-  from xvit_jax.models import create_model  # pylint: disable=import-outside-toplevel
-  template = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: create_model(config.model)), nnx.Param))
+  template = models.abstract_params(config.model)
   params = official.import_params(pretrained.read_weights(checkpoint), config.model, template)
   checkpoints.write_params(output, params)
   return sum(v.size for v in official.export_state_dict(params, config.model).values())
