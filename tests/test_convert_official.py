@@ -26,7 +26,7 @@ def load_config(path):
 def model_from_official(cfg, state_dict):
   model = create_model(cfg.model)
   state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, official.import_params(state_dict, cfg.model, state.to_pure_dict()))
+  nnx.replace_by_pure_dict(state, official.import_params(state_dict, cfg.model, nnx.to_pure_dict(state)))
   nnx.update(model, state)
   return model
 
@@ -71,7 +71,7 @@ def test_released_model_configs_match_the_official_forward(path, num_classes):
 def test_export_then_import_round_trips_exactly():
   cfg, sd = small(16, 8, 8)
   model = model_from_official(cfg, sd)
-  exported = official.export_state_dict(nnx.state(model, nnx.Param).to_pure_dict(), cfg.model)
+  exported = official.export_state_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg.model)
   expected = {k: v for k, v in sd.items() if not k.startswith("new_fc")}
   assert set(exported) == set(expected)
   for key in expected:
@@ -83,7 +83,7 @@ def test_export_then_import_round_trips_exactly():
 
 def test_a_checkpoint_that_does_not_fit_names_the_parameter_and_both_shapes():
   cfg, sd = small()
-  expected = nnx.state(create_model(cfg.model), nnx.Param).to_pure_dict()
+  expected = nnx.to_pure_dict(nnx.state(create_model(cfg.model), nnx.Param))
   wrong = dict(sd, **{"base_model.blocks.1.mlp.fc1.weight": np.zeros((64, 32), np.float32)})
   with pytest.raises(UserError, match=r"base_model\.blocks\.1\.mlp\.fc1\.weight has shape \(64, 32\).*"
                                       r"blocks/1/mlp/fc1/kernel of shape \(32, 128\)"):

@@ -1,6 +1,6 @@
 """orbax checkpoints in `DIR/checkpoints/<step>/`, two items per step:
 
-  params/  the model parameters (a nested dict, as `nnx.State.to_pure_dict()` gives them)
+  params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them)
   train/   {"step", "opt_state"}: what resuming training needs besides the parameters
 
 A checkpoint written by `tools.import_official` (or any other weights-only export) has `params` alone;
@@ -10,9 +10,9 @@ renames it when complete, so a half-written step is never picked up.
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
+from xvit_jax import trees
 from xvit_jax.errors import UserError
 
 PARAMS, TRAIN = "params", "train"
@@ -48,9 +48,7 @@ def has_train_state(mngr, step):
 
 
 def _shapes(tree):
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
-          for path, leaf in leaves}
+  return {name: tuple(leaf.shape) for name, leaf in trees.flatten(tree).items()}
 
 
 def check_fits(mngr, step, params):

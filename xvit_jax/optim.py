@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xvit_jax import trees
+
 
 def learning_rate_schedule(cfg, total_steps):
   """Cosine from `learning_rate` to 0 over all steps, every step; the first `warmup_steps` rise linearly
@@ -25,7 +27,7 @@ def decay_mask(params):
   """Weight decay on every parameter, embeddings and norms included, except the biases of the
   classifier head (official: biases of modules named *head*; the head's transformer layer decays)."""
   def decays(path, _):
-    keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]  # skips Variable's .value
+    keys = trees.path_name(path).split("/")
     return not (keys[0] == "head" and keys[-1] == "bias" and "encoder" not in keys)
   return jax.tree_util.tree_map_with_path(decays, params)
 

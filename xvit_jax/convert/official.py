@@ -1,6 +1,6 @@
 """The official X-ViT PyTorch state dict (1adrianb/video-transformers) <-> xvit_jax parameters.
 
-Parameters are plain nested dicts of numpy arrays, as `nnx.State.to_pure_dict()` gives them. Each rule
+Parameters are plain nested dicts of numpy arrays, as `nnx.to_pure_dict(state)` gives them. Each rule
 pairs one of our parameters with one official key and says how the array changes on the way
 (reference section 4.3): Linear weights are transposed, the Conv2d weight goes OIHW -> HWIO, tokens and
 embeddings lose their leading singleton axes. The qkv projection keeps the official [q | k | v] head-major
@@ -52,7 +52,7 @@ def rules(model_cfg):
   return out
 
 
-def _to_ours(array, transform, shape):
+def to_ours(array, transform, shape):
   if transform == "linear":
     return array.T
   if transform == "conv":  # (O, I, kH, kW) -> (kH, kW, I, O)
@@ -124,7 +124,7 @@ def import_params(state_dict, model_cfg, expected):
   params = {}
   for path, key, transform in table:
     want = tuple(_get(expected, path).shape)
-    value = _to_ours(state_dict[key], transform, want)
+    value = to_ours(state_dict[key], transform, want)
     if value.shape != want:
       raise UserError(f"checkpoint parameter {key} has shape {tuple(state_dict[key].shape)}, the config needs "
                       f"{'/'.join(map(str, path))} of shape {want} (official shape {_official_shape(transform, want)})")

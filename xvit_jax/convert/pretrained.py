@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from xvit_jax import checkpoints
+from xvit_jax import checkpoints, trees
 from xvit_jax.convert import official
 from xvit_jax.errors import UserError
 
@@ -87,23 +87,18 @@ def resize_pos_embed(pos, num_tokens):
   return np.concatenate([pos[:1], np.asarray(grid).reshape(new * new, -1)])
 
 
-def _flat(tree):
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def load(path, model_cfg, params):
   """`params` (pure nested dict, fresh initialisation) with everything `path` provides loaded into it.
 
   Returns (params, report) where report = {"loaded": [...], "fresh": [...], "dropped": [...]} names parameters."""
   if os.path.isdir(path):
     _, stored = checkpoints.latest_params(path, params)
-    return stored, {"loaded": sorted(_flat(params)), "fresh": [], "dropped": []}
+    return stored, {"loaded": sorted(trees.flatten(params)), "fresh": [], "dropped": []}
   weights = read_weights(path)
   if "embedding/kernel" in weights:
     weights = google_vit_to_official_keys(weights)
   weights = official.unwrap(weights)
-  flat = _flat(params)
+  flat = trees.flatten(params)
   loaded, dropped = {}, []
   table = {key: (path_, transform) for path_, key, transform in official.rules(model_cfg)}
   for key, value in weights.items():
@@ -115,13 +110,12 @@ def load(path, model_cfg, params):
     want = flat[name].shape
     if name == "pos_embed":
       value = resize_pos_embed(value.reshape(-1, value.shape[-1]), want[0])
-    value = official._to_ours(np.asarray(value), transform, want)  # pylint: disable=protected-access
+    value = official.to_ours(np.asarray(value), transform, want)
     if value.shape != tuple(want):
       if name.startswith("head/"):  # a classifier for another label set: start fresh
         dropped.append(key)
         continue
       raise UserError(f"{path}: {key} has shape {tuple(weights[key].shape)}, the config needs {name} of shape {tuple(want)}")
     loaded[name] = value.astype(np.float32)
-  result = jax.tree_util.tree_map_with_path(
-      lambda p, leaf: loaded.get("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p), leaf), params)
+  result = jax.tree_util.tree_map_with_path(lambda p, leaf: loaded.get(trees.path_name(p), leaf), params)
   return result, {"loaded": sorted(loaded), "fresh": sorted(set(flat) - set(loaded)), "dropped": sorted(dropped)}
