@@ -23,7 +23,7 @@ def get_config():
   m.consensus = "avg"  # the mixing is the only way to see motion (no temporal head)
   m.dropout = 0.0
 
-  c.eval.stride, c.eval.spatial_crops = 1, 1  # a video file is taken frame by frame, as the clips are made
+  c.data.stride, c.eval.stride, c.eval.spatial_crops = 1, 1, 1  # a video file is taken frame by frame, as the clips are made
   c.data.object_size, c.data.speed = 8, 3.0  # 3 px per frame: not a divisor of the 8 px patch
   c.optimizer.learning_rate = 0.03  # the paper's; 0.1 stalls this small model
   c.optimizer.warmup_steps = 100

@@ -3,7 +3,7 @@
 import numpy as np
 
 from conftest import tiny_config
-from xvit_jax.data import pipeline, synthetic
+from xvit_jax.data import pipeline, sources, synthetic
 
 
 def source(**kwargs):
@@ -46,9 +46,10 @@ def test_the_object_moves_by_speed_pixels_per_frame_in_its_direction():
 def test_train_pipeline_batches_are_normalised_and_reproducible():
   cfg = tiny_config()
   src = synthetic.from_config(cfg, "train")
-  first = next(iter(pipeline.train_dataset(src, global_batch=4, seed=3)))
-  again = next(iter(pipeline.train_dataset(src, global_batch=4, seed=3)))
-  other = next(iter(pipeline.train_dataset(src, global_batch=4, seed=4)))
+  clip = sources.TrainClip(cfg)
+  first = next(iter(pipeline.train_dataset(src, global_batch=4, seed=3, clip_fn=clip)))
+  again = next(iter(pipeline.train_dataset(src, global_batch=4, seed=3, clip_fn=clip)))
+  other = next(iter(pipeline.train_dataset(src, global_batch=4, seed=4, clip_fn=clip)))
   assert first["video"].shape == (4, 4, 16, 16, 3) and first["video"].dtype == np.float32
   assert first["video"].min() >= -1 and first["video"].max() <= 1
   np.testing.assert_array_equal(first["video"], again["video"])
@@ -58,7 +59,8 @@ def test_train_pipeline_batches_are_normalised_and_reproducible():
 def test_eval_pipeline_covers_every_clip_once_and_masks_the_padding():
   cfg = tiny_config()
   src = synthetic.from_config(cfg, "eval")  # 8 clips
-  batches = list(pipeline.eval_dataset(src, global_batch=3))
+  batches = list(pipeline.eval_dataset(src, global_batch=3, views_fn=sources.EvalViews(cfg)))
+  assert batches[0]["video"].shape == (3, 1, 4, 16, 16, 3)  # (clips, views, T, H, W, 3)
   assert [len(b["label"]) for b in batches] == [3, 3, 3]
   mask = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 8 + [0])

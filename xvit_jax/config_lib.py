@@ -14,7 +14,7 @@ from xvit_jax.models.heads import CONSENSUS_TYPES
 from xvit_jax.models.vit import shift_layer_indices
 
 DTYPES = ("float32", "bfloat16", "float16")
-DATASETS = ("synthetic",)
+DATASETS = ("synthetic", "kinetics400", "kinetics600", "something_something_v2", "epic_kitchens_100")
 
 
 def base_config():
@@ -64,6 +64,18 @@ def base_config():
   d.object_size = 8
   d.speed = 3.0  # pixels per frame
   d.workers = 0  # grain worker processes (0: read in the main process)
+  d.data_dir = ""  # where xvit_jax.data.prepare wrote the TFDS datasets ("": TFDS's default)
+  d.train_split, d.eval_split = "train", "validation"
+  d.sampling = "dense"  # train frames: dense (a random span of num_frames*stride) | segment (one per segment)
+  d.stride = 16
+
+  a = c.augment = ml_collections.ConfigDict()  # train-time, applied alike to every frame of a clip
+  a.multiscale_crop = True  # TSN multi-scale crop (Kinetics); False: short side in short_side_range + random crop
+  a.short_side_range = (256, 320)
+  a.flip = 0.5  # horizontal flip probability (0 for SSv2)
+  a.autoaugment = False  # timm AutoAugment v0, one draw per clip
+  a.random_erasing = 0.0  # probability of one erased box per clip
+  a.mixup = 0.0  # Beta(alpha, alpha) mixup within each device's batch; 0: off
 
   d.label_names = ""  # built-in class names: kinetics600 | something_something_v2 ("": "class <i>")
 
@@ -170,6 +182,16 @@ def check(config, num_devices):
   for field in ("log_every", "eval_every", "checkpoint_every", "optimizer.warmup_steps", "data.workers"):
     if _get(config, field) < 0:
       _fail(field, _get(config, field), "an integer >= 0")
+  if config.data.sampling not in ("dense", "segment"):
+    _fail("data.sampling", config.data.sampling, "one of dense, segment")
+  for field in ("augment.flip", "augment.random_erasing"):
+    if not 0.0 <= _get(config, field) <= 1.0:
+      _fail(field, _get(config, field), "a probability in [0, 1]")
+  if config.augment.mixup < 0:
+    _fail("augment.mixup", config.augment.mixup, "an alpha >= 0 (0: off)")
+  lo, hi = config.augment.short_side_range
+  if not 0 < lo <= hi or lo < m.image_size:
+    _fail("augment.short_side_range", tuple(config.augment.short_side_range), f"(low, high) with model.image_size={m.image_size} <= low <= high")
   if config.eval.sampling not in ("dense", "segment"):
     _fail("eval.sampling", config.eval.sampling, "one of dense, segment")
   if config.eval.spatial_crops not in (1, 3):

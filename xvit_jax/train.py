@@ -10,7 +10,7 @@ from flax import nnx
 
 from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
 from xvit_jax.convert import pretrained
-from xvit_jax.data import pipeline, synthetic
+from xvit_jax.data import pipeline, sources
 from xvit_jax.metric_writer import MetricWriter, format_duration
 from xvit_jax.models import create_model
 
@@ -29,15 +29,36 @@ def create_train_state(config, tx, mesh):
   return graphdef, jax.jit(init, out_shardings=shardings)()
 
 
-def make_train_step(config, graphdef, tx, schedule):
-  num_classes, smoothing = config.model.num_classes, config.optimizer.label_smoothing
+def mixup(video, targets, rng, alpha, groups):
+  """Mixup within each of `groups` equal slices of the batch (one per data shard, as the official code
+  mixes each GPU's batch): one lambda ~ Beta(alpha, alpha) and one permutation per slice."""
+  b = video.shape[0] // groups
+  lam_rng, perm_rng = jax.random.split(rng)
+  lam = jax.random.beta(lam_rng, alpha, alpha, (groups,))
+  perm = jax.vmap(lambda key: jax.random.permutation(key, b))(jax.random.split(perm_rng, groups))
+
+  def mix(x):
+    x = x.reshape(groups, b, *x.shape[1:])
+    other = jnp.take_along_axis(x, perm.reshape(groups, b, *([1] * (x.ndim - 2))), axis=1)
+    w = lam.reshape(groups, *([1] * (x.ndim - 1))).astype(x.dtype)
+    return (w * x + (1 - w) * other).reshape(groups * b, *x.shape[2:])
+
+  return mix(video), mix(targets)
+
+
+def make_train_step(config, graphdef, tx, schedule, groups=1):
+  num_classes, smoothing, alpha = config.model.num_classes, config.optimizer.label_smoothing, config.augment.mixup
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+    dropout_rng, mixup_rng = jax.random.split(rng)
+    video = batch["video"]
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), smoothing)
+    if alpha:
+      video, targets = mixup(video, targets, mixup_rng, alpha, groups)
 
     def loss_fn(params):
-      logits = nnx.merge(graphdef, params)(batch["video"], train=True, rngs=nnx.Rngs(dropout=rng))
-      targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), smoothing)
+      logits = nnx.merge(graphdef, params)(video, train=True, rngs=nnx.Rngs(dropout=dropout_rng))
       return optax.softmax_cross_entropy(logits, targets).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -93,14 +114,13 @@ def train_and_evaluate(config, workdir, *, mode="train"):
     state = restore_or_initialise(config, state, ckpt, writer)
     first_step = int(state["step"])
 
-    train_step = make_train_step(config, graphdef, tx, schedule)
+    train_step = make_train_step(config, graphdef, tx, schedule, groups=jax.device_count())
     eval_step = evaluate.make_eval_step(graphdef)
     to_global = lambda batch: sharding.global_batch(mesh, batch)
-    train_batches = iter(pipeline.train_dataset(synthetic.from_config(config, "train"), global_batch=config.batch_size,
-                                                seed=config.seed + first_step, workers=config.data.workers))
-    eval_source = synthetic.from_config(config, "eval")
+    eval_source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
     run_eval = lambda params: evaluate.evaluate(
-        eval_step, params, pipeline.eval_dataset(eval_source, global_batch=config.batch_size), to_global)
+        eval_step, params, pipeline.eval_dataset(eval_source, global_batch=config.batch_size, views_fn=views_fn),
+        to_global)
 
     if mode == "evaluate":
       results = run_eval(state["params"])
@@ -108,6 +128,9 @@ def train_and_evaluate(config, workdir, *, mode="train"):
       writer.write(first_step, results)
       return results
 
+    train_batches = iter(pipeline.train_dataset(
+        sources.source(config, "train"), global_batch=config.batch_size, seed=config.seed + first_step,
+        clip_fn=sources.TrainClip(config), workers=config.data.workers))
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
                  f"parameters, {jax.device_count()} device(s), steps {first_step}..{config.total_steps}")
     pending, timer_start, timed_steps, started = [], None, 0, time.time()

@@ -187,3 +187,22 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
     crops = three_crops(clip, image_size)
     views.extend(crops if spatial_crops == 3 else crops[1:2])
   return np.stack(views)
+
+
+def dense_random_indices(num_video_frames, num_frames, stride, rng):
+  """Kinetics train sampling (reference 5.2): a span of num_frames*stride frames starting uniformly in
+  [0, max(len - span, 0)], indices spread over it as in `dense_indices`."""
+  _check_length(num_video_frames)
+  span = num_frames * stride
+  start = rng.uniform(0, max(num_video_frames - span, 0))
+  index = _torch_linspace_f32(start, start + span - 1, num_frames)
+  return np.clip(index, 0, num_video_frames - 1).astype(np.int64)
+
+
+def segment_random_indices(num_video_frames, num_frames, rng):
+  """SSv2 / EPIC train sampling (reference 5.3): one random frame in each segment [start, end], inclusive."""
+  _check_length(num_video_frames)
+  seg = float(num_video_frames - 1) / num_frames
+  start = np.array([round(seg * i) for i in range(num_frames)], np.int64)
+  end = np.array([round(seg * (i + 1)) for i in range(num_frames)], np.int64)
+  return rng.integers(start, end + 1)

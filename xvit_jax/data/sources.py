@@ -1,0 +1,90 @@
+"""Where clips come from: the built-in synthetic task or a dataset prepared by `xvit_jax.data.prepare`,
+and how one record becomes model input (train: decode, sample, augment; eval: the official views).
+
+Records of prepared datasets (tfds.data_source) hold {"video": encoded bytes, "label": int, "id": str,
+"num_frames": int}. A record that cannot be decoded is skipped in training (with a warning) and counted
+in evaluation (`eval/skipped`), never a crash.
+"""
+
+import numpy as np
+from absl import logging
+
+from xvit_jax.data import synthetic, video
+from xvit_jax.errors import UserError
+
+SYNTHETIC = "synthetic"
+VIDEO_DATASETS = ("kinetics400", "kinetics600", "something_something_v2", "epic_kitchens_100")
+
+
+def source(config, split):
+  """A random-access source for split "train" or "eval" of config.data."""
+  data = config.data
+  if data.name == SYNTHETIC:
+    return synthetic.from_config(config, split)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  name = data.train_split if split == "train" else data.eval_split
+  try:
+    return tfds.data_source(data.name, split=name, data_dir=data.data_dir or None)
+  except Exception as e:  # noqa: BLE001 - anything here means the dataset is not prepared where we look
+    raise UserError(f"dataset {data.name} split {name!r} is not prepared in config.data.data_dir={data.data_dir!r} "
+                    f"({type(e).__name__}); run python -m xvit_jax.data.prepare --dataset={data.name} ...") from None
+
+
+def _decode(record):
+  name = record.get("id", b"?")
+  name = name.decode() if isinstance(name, bytes) else str(name)
+  try:
+    return video.decode(record["video"], name=name)
+  except UserError as e:
+    logging.warning("skipping a record: %s", e)
+    return None
+
+
+class TrainClip:
+  """record, rng -> {"video": float32 (T, S, S, 3) in [-1, 1], "label": int32}, or None if unreadable."""
+
+  def __init__(self, config):
+    d, m, a = config.data, config.model, config.augment
+    self.synthetic = d.name == SYNTHETIC
+    self.num_frames, self.image_size, self.sampling, self.stride = m.num_frames, m.image_size, d.sampling, d.stride
+    self.augment = dict(multiscale=a.multiscale_crop, short_side_range=tuple(a.short_side_range), flip_p=a.flip,
+                        autoaugment=a.autoaugment, erasing_p=a.random_erasing)
+
+  def __call__(self, record, rng):
+    if self.synthetic:
+      return {"video": video.normalize(record["video"]), "label": np.int32(record["label"])}
+    from xvit_jax.data import transforms  # pylint: disable=import-outside-toplevel
+    frames = _decode(record)
+    if frames is None:
+      return None
+    if self.sampling == "dense":
+      index = video.dense_random_indices(len(frames), self.num_frames, self.stride, rng)
+    else:
+      index = video.segment_random_indices(len(frames), self.num_frames, rng)
+    clip = transforms.augment_clip(frames[index], rng, image_size=self.image_size, **self.augment)
+    return {"video": clip.astype(np.float32), "label": np.int32(record["label"])}
+
+
+class EvalViews:
+  """record -> {"video": float32 (views, T, S, S, 3), "label": int32, "mask": 1}, mask 0 if unreadable."""
+
+  def __init__(self, config):
+    m, e = config.model, config.eval
+    self.synthetic = config.data.name == SYNTHETIC
+    self.kwargs = dict(num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling, stride=e.stride,
+                       temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
+    self.views = 1 if self.synthetic else e.temporal_views * e.spatial_crops
+    self.shape = (self.views, m.num_frames, m.image_size, m.image_size, 3)
+
+  def __call__(self, record):
+    if self.synthetic:
+      return {"video": video.normalize(record["video"])[None], "label": np.int32(record["label"]), "mask": np.float32(1)}
+    frames = _decode(record)
+    if frames is None:
+      return self.blank(bad=True)
+    return {"video": video.eval_views(frames, **self.kwargs), "label": np.int32(record["label"]), "mask": np.float32(1)}
+
+  def blank(self, bad=False):
+    """A stand-in: padding of the last batch (bad=False) or an unreadable video (bad=True)."""
+    return {"video": np.zeros(self.shape, np.float32), "label": np.int32(0), "mask": np.float32(0),
+            "bad": np.float32(bad)}
