@@ -113,6 +113,31 @@ def official_xvit_b16(*, num_classes, shift_segment, shift_div):
   return c
 
 
+def paper_recipe(dataset, *, num_classes, frames, steps_per_epoch, epochs):
+  """The paper's X-ViT-B/16 training recipe on a real dataset, as the official configs set it
+  (reference sections 5 and 6); start it from ImageNet-21k with --config.init_from=ViT-B_16.npz."""
+  c = official_xvit_b16(num_classes=num_classes, shift_segment=8 if frames == 16 else frames, shift_div=8)
+  c.model.num_frames = frames
+  c.data.name = dataset
+  c.total_steps = epochs * steps_per_epoch
+  c.optimizer.warmup_steps = 5 * steps_per_epoch  # 5 warmup epochs, to the cosine's value at epoch 5
+  c.eval_every, c.checkpoint_every, c.log_every = steps_per_epoch, steps_per_epoch, 100
+  c.augment.autoaugment = True
+  return c
+
+
+def kinetics_recipe(dataset, *, num_classes, frames, train_videos):
+  """The official Kinetics config: dense 16x16 sampling, label smoothing 0.3, mixup 0.4, multi-scale
+  crop, flip, AutoAugment, 30 epochs, warmup from 0.01, weight decay 1e-5, 1 x 3 test views."""
+  c = paper_recipe(dataset, num_classes=num_classes, frames=frames, steps_per_epoch=train_videos // 64, epochs=30)
+  c.data.label_names = dataset if dataset == "kinetics600" else ""
+  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-5, 0.01, 0.3
+  c.augment.mixup, c.augment.multiscale_crop, c.augment.flip = 0.4, True, 0.5
+  c.data.sampling, c.data.stride = "dense", 16
+  c.eval.sampling, c.eval.stride, c.eval.temporal_views, c.eval.spatial_crops = "dense", 16, 1, 3
+  return c
+
+
 def _fail(field, value, allowed):
   raise UserError(f"config.{field}={value!r} is not allowed: {allowed}")
 

@@ -1,0 +1,15 @@
+"""X-ViT-B/16 on Kinetics-400, the paper's recipe as the official configs run it (reference 5.2, 6).
+
+    python -m xvit_jax.main --config=configs/k400.py --workdir=DIR --config.init_from=ViT-B_16.npz \\
+        --config.data.data_dir=PREPARED     # configs/k400.py:8 for 8 frames
+16 frames: dense sampling 16x16, shift within 8-frame segments, 1/8 of the channels from each neighbour,
+temporal-attention head; Nesterov SGD 0.03 at batch 64, 30 epochs, warmup 5 from 0.01, weight decay
+1e-5, label smoothing 0.3, mixup 0.4; TSN multi-scale crop, flip, AutoAugment; 1 x 3 test views.
+"""
+
+from xvit_jax import config_lib
+
+
+def get_config(arg="16"):
+  # about 240k training videos; an epoch is train_videos // batch_size steps
+  return config_lib.kinetics_recipe("kinetics400", num_classes=400, frames=int(arg), train_videos=240_000)

@@ -1,0 +1,23 @@
+"""X-ViT-B/16 on Something-Something v2, the paper's recipe as the official config runs it (reference 5.3, 6).
+
+    python -m xvit_jax.main --config=configs/ssv2.py --workdir=DIR --config.init_from=ViT-B_16.npz
+16 frames by segment sampling, shift over all frames, 1/4 of the channels from each neighbour;
+35 epochs, warmup 5 from 0.003, weight decay 1e-4, no label smoothing, no mixup, no flip; short side
+in [256, 320] and a random crop, AutoAugment, random erasing 0.5; 2 x 3 test views.
+"""
+
+from xvit_jax import config_lib
+
+
+def get_config(arg="16"):
+  frames = int(arg)
+  c = config_lib.paper_recipe("something_something_v2", num_classes=174, frames=frames,
+                              steps_per_epoch=169_000 // 64, epochs=35)
+  c.model.shift_segment, c.model.shift_div = frames, 4
+  c.data.label_names = "something_something_v2"
+  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.0
+  c.augment.mixup, c.augment.multiscale_crop, c.augment.flip, c.augment.random_erasing = 0.0, False, 0.0, 0.5
+  c.data.sampling = "segment"
+  c.eval.sampling, c.eval.temporal_views, c.eval.spatial_crops = "segment", 2, 3
+  c.eval_every = 5 * (169_000 // 64)
+  return c

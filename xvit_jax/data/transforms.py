@@ -1,0 +1,263 @@
+"""Train-time augmentation of one clip (reference 5.1-5.3), synchronized over its frames.
+
+numpy and Pillow only (no jax), for data workers. Every random choice is drawn once per clip from an
+explicit np.random.Generator and applied alike to all frames (reference 5.1), so the same seed gives
+the same clip. The only per-frame draw is AutoAugment's resampling filter for geometric ops, as the
+official code does. Frames are (T, H, W, 3); uint8 until `video.normalize`, float32 in [-1, 1] after.
+
+Differences from the official loaders (kinetics.py, ssv2.py) that remain:
+  * Order. The official code runs AutoAugment first, on the decoded frames at full resolution
+    (short side ~256), then the spatial crop/resize. `augment_clip` crops first and runs AutoAugment on
+    the S x S crop (cheaper): rotation centres, the TranslateYRel distance (a fraction of the height)
+    and the fill regions refer to the crop instead of the whole frame.
+  * SSv2's official resize works on normalised floats; `short_side_jitter_crop` rounds the resized
+    frames back to uint8 (an error of at most 0.5/255 before normalisation).
+  * Random numbers come from numpy's Generator, not Python's `random`/torch, so no draw matches the
+    official stream; the distributions are the same.
+"""
+
+import math
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from xvit_jax.data import video
+
+# --- spatial sampling --------------------------------------------------------------------------------
+
+SCALES = (1, 0.875, 0.75, 0.66)
+
+
+def crop_pairs(height, width, size, scales=SCALES, max_distort=1):
+  """TSN's candidate (crop_w, crop_h): int(short * s), snapped to `size` when |side - size| < 3."""
+  sides = [int(min(height, width) * s) for s in scales]
+  sides = [size if abs(side - size) < 3 else side for side in sides]
+  return [(sides[j], sides[i]) for i in range(len(sides)) for j in range(len(sides))
+          if abs(i - j) <= max_distort]
+
+
+def fix_offsets(height, width, crop_w, crop_h):
+  """TSN's `fill_fix_offset(more_fix_crop=True)`: the 13 (x, y) corners on a 4 x 4 grid of steps."""
+  w, h = (width - crop_w) // 4, (height - crop_h) // 4
+  grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0),
+          (1, 1), (3, 1), (1, 3), (3, 3)]
+  return [(i * w, j * h) for i, j in grid]
+
+
+def multiscale_box(height, width, size, rng):
+  """The box (x, y, crop_w, crop_h) that `multiscale_crop` cuts: one pair, then one of 13 offsets."""
+  pairs = crop_pairs(height, width, size)
+  crop_w, crop_h = pairs[rng.integers(len(pairs))]
+  offsets = fix_offsets(height, width, crop_w, crop_h)
+  x, y = offsets[rng.integers(len(offsets))]
+  return x, y, crop_w, crop_h
+
+
+def multiscale_crop(frames, rng, size):
+  """Kinetics train crop, the official `random_scale_and_resize` (reference 5.2): uint8 (T, size, size, 3).
+
+  Crop the `multiscale_box` (aspect ratio may change) and resize every frame to size x size with PIL
+  bilinear (PIL's resize antialiases when it shrinks), as the official code does on PIL images.
+  """
+  height, width = frames.shape[1:3]
+  x, y, crop_w, crop_h = multiscale_box(height, width, size, rng)
+  crops = frames[:, y:y + crop_h, x:x + crop_w]
+  return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR))
+                   for f in crops])
+
+
+def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320)):
+  """SSv2 train crop (reference 5.3): short side to a random length, then a random size x size crop.
+
+  As SlowFast: length = int(round(uniform(low, high))) (so each end is half as likely as an inner
+  value), resized as `video.resize_short_side` (torch bilinear, no antialias); the crop offset is
+  randint(0, L - size) with the upper bound excluded, 0 when L == size. Returns uint8.
+  """
+  low, high = short_side_range
+  frames = video.resize_short_side(frames, int(round(rng.uniform(low, high))))
+  height, width = frames.shape[1:3]
+  if min(height, width) < size:
+    raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
+  y = int(rng.integers(0, height - size)) if height > size else 0
+  x = int(rng.integers(0, width - size)) if width > size else 0
+  crop = frames[:, y:y + size, x:x + size]
+  return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
+
+
+def flip(frames, rng, p=0.5):
+  """Horizontal flip of the whole clip with probability p (SlowFast `horizontal_flip`)."""
+  return np.ascontiguousarray(frames[:, :, ::-1]) if rng.random() < p else frames
+
+
+# --- AutoAugment (timm "v0" ImageNet policy) ---------------------------------------------------------
+
+FILL = (128, 128, 128)
+RESAMPLE = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)  # drawn per frame for geometric ops
+GEOMETRIC = ("ShearX", "ShearY", "Rotate", "TranslateYRel")
+
+# 25 sub-policies of (op, probability, magnitude 0..10), timm's auto_augment_policy_v0.
+POLICY_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)), (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)), (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)), (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)), (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)), (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)), (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)), (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)), (("Rotate", 1.0, 7), ("TranslateYRel", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)), (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)), (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)), (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)), (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+
+# magnitude -> op argument, timm's level_to_arg functions (_LEVEL_DENOM = 10); signed ones get a random sign.
+_LEVEL = {
+    "Rotate": lambda m: m / 10 * 30.0,  # degrees
+    "ShearX": lambda m: m / 10 * 0.3, "ShearY": lambda m: m / 10 * 0.3,
+    "TranslateYRel": lambda m: m / 10 * 0.45,  # fraction of the height (translate_pct 0.45)
+    "Color": lambda m: m / 10 * 1.8 + 0.1,
+    "Solarize": lambda m: int(m / 10 * 256), "SolarizeAdd": lambda m: int(m / 10 * 110),
+    "Posterize": lambda m: int(m / 10 * 4),  # bits kept; 0 gives a black image, as in timm with old PIL
+}
+
+
+def autoaugment_plan(rng, num_frames):
+  """One clip's draws: [(op, argument or None, per-frame filters or None)] for the ops that fire.
+
+  Draw order: the sub-policy; then per op its probability (skipped when p = 1, as timm: it fires when
+  u <= p), then the sign of signed arguments, then one filter per frame for geometric ops.
+  """
+  plan = []
+  for name, prob, magnitude in POLICY_V0[rng.integers(len(POLICY_V0))]:
+    if prob < 1.0 and rng.random() > prob:
+      continue
+    arg = _LEVEL[name](magnitude) if name in _LEVEL else None
+    if name in GEOMETRIC and rng.random() > 0.5:  # timm's _randomly_negate
+      arg = -arg
+    filters = [RESAMPLE[i] for i in rng.integers(len(RESAMPLE), size=num_frames)] if name in GEOMETRIC else None
+    plan.append((name, arg, filters))
+  return plan
+
+
+def _lut(name, arg):
+  i = np.arange(256)
+  if name == "Invert":
+    return 255 - i
+  if name == "Solarize":  # invert pixels >= threshold
+    return np.where(i < arg, i, 255 - i)
+  if name == "SolarizeAdd":  # add to pixels < 128, saturating
+    return np.where(i < 128, np.minimum(255, i + arg), i)
+  return i & ~(2 ** (8 - arg) - 1) if arg < 8 else i  # Posterize (numpy: Pillow >= 10 rejects 0 bits)
+
+
+def _apply(image, name, arg, resample):
+  """One op on one PIL image, as timm's op functions."""
+  if name == "Rotate":
+    return image.rotate(arg, resample=resample, fillcolor=FILL)
+  if name in ("ShearX", "ShearY", "TranslateYRel"):
+    matrix = {"ShearX": (1, arg, 0, 0, 1, 0), "ShearY": (1, 0, 0, arg, 1, 0),
+              "TranslateYRel": (1, 0, 0, 0, 1, arg * image.size[1])}[name]
+    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=FILL)
+  if name == "Color":
+    return ImageEnhance.Color(image).enhance(arg)
+  if name == "Equalize":
+    return ImageOps.equalize(image)
+  return ImageOps.autocontrast(image)  # AutoContrast
+
+
+def auto_augment(frames, rng):
+  """timm AutoAugment "v0" (ImageNet) on uint8 frames, synchronized over the clip (reference 5.1).
+
+  One sub-policy, probability draw, sign and magnitude per clip; the resampling filter of geometric
+  ops is bilinear or bicubic at random per frame; fill (128, 128, 128). The official hparams set
+  translate_const = 100, but v0 only uses TranslateYRel (45% of the height at magnitude 10), so it
+  has no effect. Per-image ops (Equalize, AutoContrast, Color) work on each frame's own histogram.
+  """
+  frames = np.asarray(frames)
+  for name, arg, filters in autoaugment_plan(rng, len(frames)):
+    if name in ("Invert", "Solarize", "SolarizeAdd", "Posterize"):
+      frames = _lut(name, arg).astype(np.uint8)[frames]
+    else:
+      frames = np.stack([np.asarray(_apply(Image.fromarray(f), name, arg, filters[t] if filters else None))
+                         for t, f in enumerate(frames)])
+  return frames
+
+
+# --- after normalisation -----------------------------------------------------------------------------
+
+def erasing_box(height, width, rng, p=0.5, area=(0.02, 1 / 3), min_aspect=0.3):
+  """timm RandomErasing's box (top, left, h, w), or None: skipped with probability 1 - p, or when 10
+  tries (area fraction ~ U(area), log-aspect ~ U(+-log min_aspect)) give no box inside the image."""
+  if rng.random() > p:
+    return None
+  log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+  for _ in range(10):
+    target = rng.uniform(*area) * height * width
+    aspect = math.exp(rng.uniform(*log_aspect))
+    h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+    if w < width and h < height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  return None
+
+
+def random_erasing(frames, rng, p=0.5, area=(0.02, 1 / 3), min_aspect=0.3):
+  """One `erasing_box` set to 0 (mid-grey after normalisation) in every frame (reference 5.3)."""
+  box = erasing_box(frames.shape[1], frames.shape[2], rng, p, area, min_aspect)
+  if box is None:
+    return frames
+  top, left, h, w = box
+  frames = frames.copy()
+  frames[:, top:top + h, left:left + w] = 0
+  return frames
+
+
+def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(256, 320), flip_p=0.5,
+                 autoaugment=True, erasing_p=0.0):
+  """One train clip: uint8 (T, H, W, 3) -> float32 (T, image_size, image_size, 3) in [-1, 1].
+
+  In order: spatial (`multiscale_crop` if multiscale else `short_side_jitter_crop`), `flip` (if
+  flip_p > 0), `auto_augment` (if enabled), `video.normalize`, `random_erasing` (if erasing_p > 0).
+  Disabled steps draw nothing from `rng`.
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+  if multiscale:
+    frames = multiscale_crop(frames, rng, image_size)
+  else:
+    frames = short_side_jitter_crop(frames, rng, image_size, short_side_range)
+  if flip_p > 0:
+    frames = flip(frames, rng, flip_p)
+  if autoaugment:
+    frames = auto_augment(frames, rng)
+  frames = video.normalize(frames)
+  if erasing_p > 0:
+    frames = random_erasing(frames, rng, erasing_p)
+  return frames
+
+
+def smoothed_one_hot(labels, num_classes, smoothing=0.0):
+  """(1 - s) * onehot + s / num_classes, float32 (B, num_classes)."""
+  one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
+  return (1 - smoothing) * one_hot + np.float32(smoothing / num_classes)
+
+
+def mixup(videos, labels, num_classes, rng, alpha=0.4, smoothing=0.0):
+  """Batch mixup (official MixUper): returns (mixed videos float32, soft targets float32 (B, C)).
+
+  One lam ~ Beta(alpha, alpha) and one permutation per batch: videos = lam * x + (1 - lam) * x[perm],
+  targets = lam * t(y) + (1 - lam) * t(y[perm]) with t = `smoothed_one_hot`. Cross-entropy against
+  these targets equals the official lam * L(y) + (1 - lam) * L(y[perm]) with L = timm's
+  LabelSmoothingCrossEntropy(smoothing), since (1 - s) * NLL + s * mean_c(-log p_c) =
+  -sum_c t_c log p_c and the loss is linear in the target. alpha == 0: videos unchanged, targets t(y).
+  """
+  videos = np.asarray(videos, np.float32)
+  labels = np.asarray(labels)
+  targets = smoothed_one_hot(labels, num_classes, smoothing)
+  if alpha == 0:
+    return videos, targets
+  lam = np.float32(rng.beta(alpha, alpha))
+  perm = rng.permutation(len(videos))
+  return lam * videos + (1 - lam) * videos[perm], lam * targets + (1 - lam) * targets[perm]
