@@ -136,7 +136,9 @@ def autoaugment_plan(rng, num_frames):
     arg = _LEVEL[name](magnitude) if name in _LEVEL else None
     if name in GEOMETRIC and rng.random() > 0.5:  # timm's _randomly_negate
       arg = -arg
-    filters = [RESAMPLE[i] for i in rng.integers(len(RESAMPLE), size=num_frames)] if name in GEOMETRIC else None
+    filters = None
+    if name in GEOMETRIC:
+      filters = [RESAMPLE[i] for i in rng.integers(len(RESAMPLE), size=num_frames)]
     plan.append((name, arg, filters))
   return plan
 
@@ -173,7 +175,7 @@ def auto_augment(frames, rng):
   One sub-policy, probability draw, sign and magnitude per clip; the resampling filter of geometric
   ops is bilinear or bicubic at random per frame; fill (128, 128, 128). The official hparams set
   translate_const = 100, but v0 only uses TranslateYRel (45% of the height at magnitude 10), so it
-  has no effect. Per-image ops (Equalize, AutoContrast, Color) work on each frame's own histogram.
+  has no effect. Equalize and AutoContrast use each frame's own histogram (as PIL per frame).
   """
   frames = np.asarray(frames)
   for name, arg, filters in autoaugment_plan(rng, len(frames)):

@@ -1,0 +1,201 @@
+"""Train-time clip augmentation (reference 5.1-5.3): synchronized over frames, reproducible, exact boxes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xvit_jax.data import transforms, video
+
+T, H, W, S = 4, 64, 80, 48
+
+
+def image(seed=0, height=H, width=W):
+  """A textured frame: smooth gradients plus noise, so crops, flips and colour ops all show."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[:height, :width]
+  base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (height + width)], -1)
+  return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def clip(t=T, height=H, width=W):
+  return np.stack([image(i, height, width) for i in range(t)])
+
+
+ALL_ON = dict(image_size=S, flip_p=0.5, autoaugment=True, erasing_p=1.0)
+
+
+@pytest.mark.parametrize("multiscale", [True, False])
+def test_identical_frames_stay_identical(monkeypatch, multiscale):
+  # The only per-frame draw is the geometric filter; with one filter to pick from, everything is shared.
+  monkeypatch.setattr(transforms, "RESAMPLE", (Image.Resampling.BICUBIC,))
+  frames = np.repeat(image()[None], T, axis=0)
+  for seed in range(60):
+    out = transforms.augment_clip(frames, np.random.default_rng(seed), multiscale=multiscale,
+                                  short_side_range=(S, S + 20), **ALL_ON)
+    np.testing.assert_array_equal(out, np.repeat(out[:1], T, axis=0), err_msg=f"seed {seed}")
+
+
+def test_autoaugment_frames_differ_only_by_their_filter():
+  frames = np.repeat(image()[None, :S, :S], 8, axis=0)
+  geometric_seen = differ_seen = 0
+  for seed in range(80):
+    plan = transforms.autoaugment_plan(np.random.default_rng(seed), len(frames))
+    out = transforms.auto_augment(frames, np.random.default_rng(seed))
+    keys = [tuple(f[t] for _, _, f in plan if f is not None) for t in range(len(frames))]
+    geometric_seen += any(f is not None for _, _, f in plan)
+    for t in range(len(frames)):
+      first = keys.index(keys[t])
+      np.testing.assert_array_equal(out[t], out[first], err_msg=f"seed {seed}")
+    differ_seen += len(set(keys)) > 1 and any(not np.array_equal(o, out[0]) for o in out)
+  assert geometric_seen > 10 and differ_seen > 5  # bilinear and bicubic frames do come out different
+
+
+def test_reproducible_and_seed_dependent():
+  frames = clip()
+  for multiscale in (True, False):
+    kwargs = dict(ALL_ON, multiscale=multiscale, short_side_range=(S, S + 30))
+    a = transforms.augment_clip(frames, np.random.default_rng(7), **kwargs)
+    b = transforms.augment_clip(frames, np.random.default_rng(7), **kwargs)
+    c = transforms.augment_clip(frames, np.random.default_rng(8), **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("multiscale", [True, False])
+def test_shapes_dtypes_ranges(multiscale):
+  for seed in range(5):
+    out = transforms.augment_clip(clip(), np.random.default_rng(seed), multiscale=multiscale,
+                                  short_side_range=(S, S + 16), **ALL_ON)
+    assert out.shape == (T, S, S, 3) and out.dtype == np.float32
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_everything_off_is_the_normalized_crop():
+  frames = clip(height=S, width=S)  # short side already S: no resize, the only crop is the frame
+  out = transforms.augment_clip(frames, np.random.default_rng(0), image_size=S, multiscale=False,
+                                short_side_range=(S, S), flip_p=0, autoaugment=False)
+  np.testing.assert_array_equal(out, video.normalize(frames))
+  with pytest.raises(ValueError):
+    transforms.augment_clip(frames.astype(np.float32), np.random.default_rng(0), image_size=S)
+
+
+def test_crop_pairs_and_offsets_follow_tsn():
+  # short side 256, size 224: int(256 * s) = 256, 224, 192, 168; pairs with index distance <= 1
+  sides = [256, 224, 192, 168]
+  expected = {(sides[j], sides[i]) for i in range(4) for j in range(4) if abs(i - j) <= 1}
+  assert set(transforms.crop_pairs(256, 340, 224)) == expected and len(expected) == 10
+  assert transforms.crop_pairs(226, 300, 224)[0] == (224, 224)  # |226 - 224| < 3: snapped
+  assert transforms.crop_pairs(227, 300, 224)[0] == (227, 227)  # |227 - 224| = 3: kept
+  assert transforms.fix_offsets(256, 340, 224, 192) == [
+      (0, 0), (116, 0), (0, 64), (116, 64), (58, 32), (0, 32), (116, 32), (58, 64), (58, 0),
+      (29, 16), (87, 16), (29, 48), (87, 48)]
+
+
+def test_multiscale_box_draws_only_allowed_boxes_and_crops_it():
+  height, width, size = 96, 128, 64
+  pairs = set(transforms.crop_pairs(height, width, size))
+  seen_pairs, seen_offsets = set(), set()
+  for seed in range(400):
+    x, y, cw, ch = transforms.multiscale_box(height, width, size, np.random.default_rng(seed))
+    assert (cw, ch) in pairs
+    assert (x, y) in transforms.fix_offsets(height, width, cw, ch)
+    assert x + cw <= width and y + ch <= height
+    seen_pairs.add((cw, ch))
+    seen_offsets.add((cw, ch, x, y))
+  assert seen_pairs == pairs and len(seen_offsets) > 60
+  frames = clip(height=height, width=width)
+  x, y, cw, ch = transforms.multiscale_box(height, width, size, np.random.default_rng(3))
+  out = transforms.multiscale_crop(frames, np.random.default_rng(3), size)
+  assert out.shape == (T, size, size, 3) and out.dtype == np.uint8
+  want = Image.fromarray(frames[2, y:y + ch, x:x + cw]).resize((size, size), Image.Resampling.BILINEAR)
+  np.testing.assert_array_equal(out[2], np.asarray(want))
+
+
+def test_short_side_jitter_crop():
+  frames = clip(height=40, width=60)
+  lengths = set()
+  for seed in range(200):
+    out = transforms.short_side_jitter_crop(frames, np.random.default_rng(seed), 32, (40, 44))
+    assert out.shape == (T, 32, 32, 3) and out.dtype == np.uint8
+    lengths.add(int(round(np.random.default_rng(seed).uniform(40, 44))))
+  assert lengths == {40, 41, 42, 43, 44}
+  # short side already at the drawn length: the crop is a plain slice of the input
+  out = transforms.short_side_jitter_crop(frames, np.random.default_rng(1), 32, (40, 40))
+  rng = np.random.default_rng(1)
+  rng.uniform(40, 40)
+  y, x = rng.integers(0, 8), rng.integers(0, 28)
+  np.testing.assert_array_equal(out, frames[:, y:y + 32, x:x + 32])
+  portrait = clip(height=60, width=40)
+  portrait = transforms.short_side_jitter_crop(portrait, np.random.default_rng(0), 32, (48, 48))
+  assert portrait.shape == (T, 32, 32, 3)
+
+
+def test_flip():
+  frames = clip()
+  np.testing.assert_array_equal(transforms.flip(frames, np.random.default_rng(0), p=1.0), frames[:, :, ::-1])
+  assert transforms.flip(frames, np.random.default_rng(0), p=0.0) is frames
+  flips = [not np.array_equal(transforms.flip(frames, np.random.default_rng(s)), frames) for s in range(200)]
+  assert 60 < sum(flips) < 140
+
+
+def test_random_erasing():
+  frames = video.normalize(clip(height=S, width=S)) + np.float32(0.001)  # no pixel is exactly 0 before
+  erased = 0
+  for seed in range(100):
+    box = transforms.erasing_box(S, S, np.random.default_rng(seed), p=1.0)
+    out = transforms.random_erasing(frames, np.random.default_rng(seed), p=1.0)
+    if box is None:
+      np.testing.assert_array_equal(out, frames)
+      continue
+    erased += 1
+    top, left, h, w = box
+    assert 0 <= top and top + h <= S and 0 <= left and left + w <= S
+    # h and w are rounded from sides whose product is the area and whose ratio is the aspect
+    assert (h - 0.5) * (w - 0.5) <= S * S / 3 and (h + 0.5) * (w + 0.5) >= 0.02 * S * S
+    assert (h + 0.5) / (w - 0.5) >= 0.3 and (h - 0.5) / (w + 0.5) <= 1 / 0.3
+    mask = np.zeros((S, S), bool)
+    mask[top:top + h, left:left + w] = True
+    assert np.all(out[:, mask] == 0) and np.array_equal(out[:, ~mask], frames[:, ~mask])
+  assert erased > 80
+  assert transforms.random_erasing(frames, np.random.default_rng(0), p=0.0) is frames
+
+
+def test_mixup():
+  rng = np.random.default_rng(0)
+  videos = rng.normal(size=(6, 2, 4, 4, 3)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3, 4, 1])
+  c, s = 7, 0.3
+  out, targets = transforms.mixup(videos, labels, c, np.random.default_rng(5), alpha=0.4, smoothing=s)
+  draw = np.random.default_rng(5)
+  lam = np.float32(draw.beta(0.4, 0.4))
+  perm = draw.permutation(6)
+  one_hot = np.eye(c)[labels]
+  want = lam * ((1 - s) * one_hot + s / c) + (1 - lam) * ((1 - s) * one_hot[perm] + s / c)
+  assert targets.shape == (6, c) and targets.dtype == np.float32 and out.dtype == np.float32
+  np.testing.assert_allclose(targets, want, atol=1e-6)
+  np.testing.assert_allclose(targets.sum(1), 1, atol=1e-6)
+  np.testing.assert_allclose(out, lam * videos + (1 - lam) * videos[perm], atol=1e-6)
+  same, plain = transforms.mixup(videos, labels, c, np.random.default_rng(5), alpha=0.0)
+  np.testing.assert_array_equal(same, videos)
+  np.testing.assert_array_equal(plain, np.eye(c)[labels])
+
+
+def test_autoaugment_changes_some_clips_and_keeps_shape():
+  frames = clip(height=S, width=S)
+  changed = 0
+  for seed in range(30):
+    out = transforms.auto_augment(frames, np.random.default_rng(seed))
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    changed += not np.array_equal(out, frames)
+  assert 10 < changed < 30
+  assert len(transforms.POLICY_V0) == 25 and all(len(sub) == 2 for sub in transforms.POLICY_V0)
+
+
+def test_autoaugment_point_ops_match_timm_luts():
+  i = np.arange(256)
+  np.testing.assert_array_equal(transforms._lut("Solarize", 77), [v if v < 77 else 255 - v for v in i])
+  np.testing.assert_array_equal(transforms._lut("SolarizeAdd", 33),
+                                [min(255, v + 33) if v < 128 else v for v in i])
+  np.testing.assert_array_equal(transforms._lut("Posterize", 2), i & 0b11000000)
+  np.testing.assert_array_equal(transforms._lut("Posterize", 0), 0 * i)
+  np.testing.assert_array_equal(transforms._lut("Invert", None), 255 - i)
