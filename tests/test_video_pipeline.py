@@ -71,3 +71,32 @@ def test_evaluation_fuses_views_per_video_and_counts_the_unreadable_one():
                            for r in source if r["id"] != "broken"])
   assert abs(results["eval/top1"] - expected_top1) < 1e-6
   assert logits.shape == (3,)
+
+
+def test_epic_style_verb_and_noun_heads():
+  cfg = video_config()
+  cfg.data.label_heads, cfg.model.num_classes = "verb:2,noun:3", 5
+  source = [dict(r, verb=i % 2, noun=(i + 1) % 3) for i, r in enumerate(records())]
+  batch = next(iter(pipeline.train_dataset(source, global_batch=4, seed=0, clip_fn=sources.TrainClip(cfg))))
+  assert batch["label"].shape == (4, 2)
+  views = sources.EvalViews(cfg)
+  model = create_model(cfg.model)
+  graphdef, params = nnx.split(model)
+  mesh = sharding.make_mesh()
+  results = evaluate.evaluate(evaluate.make_eval_step(graphdef, [("verb", 2), ("noun", 3)]), params,
+                              list(pipeline.eval_dataset(source, global_batch=4, views_fn=views)),
+                              lambda b: sharding.global_batch(mesh, b))
+  fused = {r["id"]: np.asarray(model(views(r)["video"])).sum(0) for r in source if r["id"] != "broken"}
+  good = [r for r in source if r["id"] != "broken"]
+  verb = np.mean([np.argmax(fused[r["id"]][:2]) == r["verb"] for r in good])
+  noun = np.mean([np.argmax(fused[r["id"]][2:]) == r["noun"] for r in good])
+  action = np.mean([np.argmax(fused[r["id"]][:2]) == r["verb"] and np.argmax(fused[r["id"]][2:]) == r["noun"]
+                    for r in good])
+  assert abs(results["eval/verb_top1"] - verb) < 1e-6 and abs(results["eval/noun_top1"] - noun) < 1e-6
+  assert abs(results["eval/top1"] - action) < 1e-6
+  def joint_rank(r):  # rank of the true (verb, noun) among the 6 pairs by log p(verb) + log p(noun)
+    logp = lambda x: x - np.log(np.exp(x - x.max()).sum()) - x.max()
+    scores = (logp(fused[r["id"]][:2])[:, None] + logp(fused[r["id"]][2:])[None, :]).ravel()
+    return int((scores > scores[r["verb"] * 3 + r["noun"]]).sum())
+  assert abs(results["eval/top5"] - np.mean([joint_rank(r) < 5 for r in good])) < 1e-6
+  assert results["eval/skipped"] == 1

@@ -77,6 +77,7 @@ def base_config():
   a.random_erasing = 0.0  # probability of one erased box per clip
   a.mixup = 0.0  # Beta(alpha, alpha) mixup within each device's batch; 0: off
 
+  d.label_heads = ""  # several labels per clip, e.g. "verb:97,noun:300" (EPIC); "": one label, model.num_classes
   d.label_names = ""  # built-in class names: kinetics600 | something_something_v2 ("": "class <i>")
 
   e = c.eval = ml_collections.ConfigDict()  # how a whole video becomes views (predict, video evaluation)
@@ -136,6 +137,20 @@ def kinetics_recipe(dataset, *, num_classes, frames, train_videos):
   c.data.sampling, c.data.stride = "dense", 16
   c.eval.sampling, c.eval.stride, c.eval.temporal_views, c.eval.spatial_crops = "dense", 16, 1, 3
   return c
+
+
+def label_heads(config):
+  """[(record field, number of classes)]: ("label", num_classes) alone, or the heads of data.label_heads;
+  the model's logits are these heads side by side."""
+  if not config.data.label_heads:
+    return [("label", config.model.num_classes)]
+  heads = []
+  for part in config.data.label_heads.split(","):
+    name, _, size = part.partition(":")
+    if not name.strip() or not size.strip().isdigit() or int(size) <= 0:
+      _fail("data.label_heads", config.data.label_heads, 'comma-separated "name:classes" such as "verb:97,noun:300"')
+    heads.append((name.strip(), int(size)))
+  return heads
 
 
 def _fail(field, value, allowed):
@@ -228,6 +243,9 @@ def check(config, num_devices):
     _fail("eval.stride", config.eval.stride, "a positive integer")
   if config.data.label_names not in ("",) + labels.DATASETS:
     _fail("data.label_names", config.data.label_names, f"empty or one of {', '.join(labels.DATASETS)}")
+  heads = label_heads(config)
+  if sum(size for _, size in heads) != m.num_classes:
+    _fail("data.label_heads", config.data.label_heads, f"heads adding up to model.num_classes={m.num_classes}")
   if config.data.label_names and len(labels.names(config.data.label_names)) != m.num_classes:
     _fail("data.label_names", config.data.label_names,
           f"a list of model.num_classes={m.num_classes} names (it has {len(labels.names(config.data.label_names))})")

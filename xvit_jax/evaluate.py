@@ -7,27 +7,45 @@ import optax
 from flax import nnx
 
 
-def make_eval_step(graphdef):
-  """jit'd (params, batch) -> summed {"loss", "top1", "top5", "count", "skipped"} over the batch's videos.
+def _joint_log_probs(logits, bounds):
+  """log p(head 1 = a, head 2 = b, ...) = sum of the heads' log-softmax, flattened: (B, prod(sizes))."""
+  joint = None
+  for lo, hi in zip(bounds, bounds[1:]):
+    part = jax.nn.log_softmax(logits[:, lo:hi])
+    joint = part if joint is None else (joint[:, :, None] + part[:, None, :]).reshape(part.shape[0], -1)
+  return joint
+
+
+def make_eval_step(graphdef, heads=None):
+  """jit'd (params, batch) -> sums over the batch's videos: "loss", "top1", "top5", "count", "skipped",
+  and with several label heads (EPIC) "<head>_top1" / "<head>_top5" for each, "top1"/"top5" then being
+  the action: every head right (top-5 over the joint scores, as the EPIC action metric).
 
   batch["video"] is (B, views, T, H, W, 3): the views' logits are summed per video (the official fusion)."""
+  bounds = None if heads is None else np.cumsum([0] + [size for _, size in heads])
 
   @jax.jit
   def eval_step(params, batch):
     b, views = batch["video"].shape[:2]
     logits = nnx.merge(graphdef, params)(batch["video"].reshape(b * views, *batch["video"].shape[2:]))
     logits = logits.reshape(b, views, -1).sum(axis=1)
-    labels, mask = batch["label"], batch["mask"]
-    k = min(5, logits.shape[-1])
-    top = jax.lax.top_k(logits, k)[1]  # (B, k)
-    hit = top == labels[:, None]
-    return {
-        "loss": jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
-        "top1": jnp.sum(hit[:, 0] * mask),
-        "top5": jnp.sum(hit.any(axis=1) * mask),
-        "count": jnp.sum(mask),
-        "skipped": jnp.sum(batch["bad"]),
-    }
+    mask = batch["mask"]
+    labels = batch["label"].reshape(b, -1)
+    cuts = bounds if bounds is not None else np.array([0, logits.shape[-1]])
+    sums = {"count": jnp.sum(mask), "skipped": jnp.sum(batch["bad"]), "loss": 0.0}
+    joint_label = jnp.zeros((b,), jnp.int32)
+    for g, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+      head = logits[:, lo:hi]
+      sums["loss"] += jnp.sum(optax.softmax_cross_entropy_with_integer_labels(head, labels[:, g]) * mask)
+      top = jax.lax.top_k(head, min(5, hi - lo))[1] == labels[:, g:g + 1]
+      if len(cuts) > 2:
+        sums[f"{heads[g][0]}_top1"] = jnp.sum(top[:, 0] * mask)
+        sums[f"{heads[g][0]}_top5"] = jnp.sum(top.any(axis=1) * mask)
+      joint_label = joint_label * (hi - lo) + labels[:, g]
+    scores = _joint_log_probs(logits, cuts)
+    top = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1] == joint_label[:, None]
+    sums["top1"], sums["top5"] = jnp.sum(top[:, 0] * mask), jnp.sum(top.any(axis=1) * mask)
+    return sums
 
   return eval_step
 
@@ -41,5 +59,6 @@ def evaluate(eval_step, params, batches, to_global):
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.tree.map(lambda x: float(np.asarray(x)), jax.device_get(totals))
   count = max(totals["count"], 1.0)
-  results = {f"eval/{name}": totals[name] / count for name in ("top1", "top5", "loss")}
+  names = ["top1", "top5"] + sorted(set(totals) - {"top1", "top5", "count", "skipped"})
+  results = {f"eval/{name}": totals[name] / count for name in names}
   return {**results, "eval/videos": totals["count"], "eval/skipped": totals["skipped"]}

@@ -47,26 +47,32 @@ def mixup(video, targets, rng, alpha, groups):
 
 
 def make_train_step(config, graphdef, tx, schedule, groups=1):
-  num_classes, smoothing, alpha = config.model.num_classes, config.optimizer.label_smoothing, config.augment.mixup
+  """jit'd (state, batch) -> (state, metrics). With several label heads (EPIC verb and noun) the loss is
+  the sum of the heads' cross-entropies and the accuracy counts clips with every head right."""
+  heads, smoothing, alpha = config_lib.label_heads(config), config.optimizer.label_smoothing, config.augment.mixup
+  bounds = np.cumsum([0] + [size for _, size in heads])
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
     dropout_rng, mixup_rng = jax.random.split(rng)
-    video = batch["video"]
-    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), smoothing)
+    video, labels = batch["video"], batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
+    targets = jnp.concatenate([optax.smooth_labels(jax.nn.one_hot(labels[:, g], size), smoothing)
+                               for g, (_, size) in enumerate(heads)], axis=-1)
     if alpha:
       video, targets = mixup(video, targets, mixup_rng, alpha, groups)
 
     def loss_fn(params):
       logits = nnx.merge(graphdef, params)(video, train=True, rngs=nnx.Rngs(dropout=dropout_rng))
-      return optax.softmax_cross_entropy(logits, targets).mean(), logits
+      losses = [optax.softmax_cross_entropy(logits[:, lo:hi], targets[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+      return sum(losses).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state}
-    metrics = {"train/loss": loss, "train/accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "train/learning_rate": schedule(state["step"])}
+    right = jnp.stack([jnp.argmax(logits[:, lo:hi], -1) == labels[:, g]
+                       for g, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]).all(axis=0)
+    metrics = {"train/loss": loss, "train/accuracy": jnp.mean(right), "train/learning_rate": schedule(state["step"])}
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=0)
@@ -115,7 +121,7 @@ def train_and_evaluate(config, workdir, *, mode="train"):
     first_step = int(state["step"])
 
     train_step = make_train_step(config, graphdef, tx, schedule, groups=jax.device_count())
-    eval_step = evaluate.make_eval_step(graphdef)
+    eval_step = evaluate.make_eval_step(graphdef, config_lib.label_heads(config))
     to_global = lambda batch: sharding.global_batch(mesh, batch)
     eval_source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
     run_eval = lambda params: evaluate.evaluate(
@@ -124,7 +130,8 @@ def train_and_evaluate(config, workdir, *, mode="train"):
 
     if mode == "evaluate":
       results = run_eval(state["params"])
-      writer.print("evaluation: " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
+      writer.print("evaluation: " + " | ".join(f"{k} {v:.4f}" if k not in ("eval/videos", "eval/skipped") else f"{k} {v:.0f}"
+                                               for k, v in results.items()))
       writer.write(first_step, results)
       return results
 

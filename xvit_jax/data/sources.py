@@ -9,6 +9,7 @@ in evaluation (`eval/skipped`), never a crash.
 import numpy as np
 from absl import logging
 
+from xvit_jax import config_lib
 from xvit_jax.data import synthetic, video
 from xvit_jax.errors import UserError
 
@@ -30,6 +31,13 @@ def source(config, split):
                     f"({type(e).__name__}); run python -m xvit_jax.data.prepare --dataset={data.name} ...") from None
 
 
+def _labels(record, fields):
+  """The record's label (int32), or its labels in head order (int32 (heads,)) for several heads."""
+  if len(fields) == 1:
+    return np.int32(record[fields[0]])
+  return np.array([record[name] for name in fields], np.int32)
+
+
 def _decode(record):
   name = record.get("id", b"?")
   name = name.decode() if isinstance(name, bytes) else str(name)
@@ -46,6 +54,7 @@ class TrainClip:
   def __init__(self, config):
     d, m, a = config.data, config.model, config.augment
     self.synthetic = d.name == SYNTHETIC
+    self.fields = [name for name, _ in config_lib.label_heads(config)]
     self.num_frames, self.image_size, self.sampling, self.stride = m.num_frames, m.image_size, d.sampling, d.stride
     self.augment = dict(multiscale=a.multiscale_crop, short_side_range=tuple(a.short_side_range), flip_p=a.flip,
                         autoaugment=a.autoaugment, erasing_p=a.random_erasing)
@@ -62,7 +71,7 @@ class TrainClip:
     else:
       index = video.segment_random_indices(len(frames), self.num_frames, rng)
     clip = transforms.augment_clip(frames[index], rng, image_size=self.image_size, **self.augment)
-    return {"video": clip.astype(np.float32), "label": np.int32(record["label"])}
+    return {"video": clip.astype(np.float32), "label": _labels(record, self.fields)}
 
 
 class EvalViews:
@@ -71,6 +80,7 @@ class EvalViews:
   def __init__(self, config):
     m, e = config.model, config.eval
     self.synthetic = config.data.name == SYNTHETIC
+    self.fields = [name for name, _ in config_lib.label_heads(config)]
     self.kwargs = dict(num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling, stride=e.stride,
                        temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
     self.views = 1 if self.synthetic else e.temporal_views * e.spatial_crops
@@ -82,9 +92,11 @@ class EvalViews:
     frames = _decode(record)
     if frames is None:
       return self.blank(bad=True)
-    return {"video": video.eval_views(frames, **self.kwargs), "label": np.int32(record["label"]), "mask": np.float32(1)}
+    return {"video": video.eval_views(frames, **self.kwargs), "label": _labels(record, self.fields),
+            "mask": np.float32(1)}
 
   def blank(self, bad=False):
     """A stand-in: padding of the last batch (bad=False) or an unreadable video (bad=True)."""
-    return {"video": np.zeros(self.shape, np.float32), "label": np.int32(0), "mask": np.float32(0),
+    label = np.zeros(len(self.fields), np.int32) if len(self.fields) > 1 else np.int32(0)
+    return {"video": np.zeros(self.shape, np.float32), "label": label, "mask": np.float32(0),
             "bad": np.float32(bad)}
