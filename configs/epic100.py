@@ -1,0 +1,23 @@
+"""X-ViT-B/16 on EPIC-Kitchens-100 (verb and noun), the paper's settings (section 4.1; the official code
+has no EPIC loader, so the SSv2 code settings fill the gaps).
+
+    python -m xvit_jax.main --config=configs/epic100.py --workdir=DIR --config.init_from=ViT-B_16.npz
+Segment sampling over the action segment, two heads side by side (97 verbs, 300 nouns; the loss is their
+sum; eval/top1 is the action accuracy, both right); 50 epochs, label smoothing 0.3, random erasing 0.5,
+AutoAugment, flip; 2 x 3 test views.
+"""
+
+from xvit_jax import config_lib
+
+
+def get_config(arg="16"):
+  frames = int(arg)
+  c = config_lib.paper_recipe("epic_kitchens_100", num_classes=97 + 300, frames=frames,
+                              steps_per_epoch=67_000 // 64, epochs=50)
+  c.model.shift_segment, c.model.shift_div = frames, 4
+  c.data.label_heads = "verb:97,noun:300"
+  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.3
+  c.augment.mixup, c.augment.multiscale_crop, c.augment.flip, c.augment.random_erasing = 0.0, False, 0.5, 0.5
+  c.data.sampling = "segment"
+  c.eval.sampling, c.eval.temporal_views, c.eval.spatial_crops = "segment", 2, 3
+  return c
