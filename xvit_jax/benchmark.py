@@ -1,0 +1,299 @@
+"""Cost, speed, MFU and input throughput of the attention variants in one run: JSON (--out), markdown
+(stdout), plot (--plot). `python -m xvit_jax.benchmark --preset=full --dtype=bfloat16 --out=b.json`.
+Sections: cost (XLA-counted forward GFLOPs per clip), peak (a jitted square matmul), speed (train step and
+forward on random clips, ratio to spatial, MFU, memory), shift (the mixing's own time), input (one worker)."""
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+
+from xvit_jax import config_lib, optim, sharding, train
+from xvit_jax.data import sources
+from xvit_jax.flops import forward_flops
+from xvit_jax.models import create_model
+
+VARIANTS = ("spatial", "xvit", "divided", "joint")
+PAPER_GFLOPS = {8: 2 * 425 / 3, 16: 2 * 850 / 3}  # the paper's GMACs over 1x3 views -> FLOPs per clip
+TINY = dict(hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256, image_size=32, patch_size=8, num_classes=10)
+PRESETS = {
+    "quick": dict(model=TINY, cost_frames=(4, 8, 16), speed_frames=(4, 8), steps=10, input_frames=8, input_clips=3),
+    "full": dict(model={}, cost_frames=(8, 16, 32), speed_frames=(8, 16), steps=5, input_frames=16, input_clips=8),
+}
+
+
+def make_config(preset, attention, frames, *, dtype="float32", batch=1):
+  """base_config() (ViT-B/16 at 224) or the tiny model, with the average consensus so only attention differs."""
+  c = config_lib.base_config()
+  c.dtype, c.batch_size = dtype, batch
+  c.model.update({**PRESETS[preset]["model"], "attention": attention, "num_frames": frames, "consensus": "avg"})
+  config_lib.check(c, jax.device_count())
+  return c
+
+
+def memory(compiled=None):
+  """Bytes of one call of `compiled` as XLA plans it (arguments + outputs + temporaries - donated), or
+  without it the backend's high-water mark so far in this process; None where not reported (CPU)."""
+  if compiled is not None:
+    m = compiled.memory_analysis()
+    return m and m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  return None if None in peaks else max(peaks)
+
+
+def median_times(fns, steps, warmup=1):
+  """Median wall time of each fn() over `steps` calls after `warmup`, each waited for on the device; the
+  fns take turns, so drift in the machine's load hits them alike."""
+  times = [[] for _ in fns]
+  for i in range(warmup + steps):
+    for fn, out in zip(fns, times):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      if i >= warmup:
+        out.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
+
+
+def model_cost(preset, variants, frames):
+  """[{variant, frames, gflops}]: one clip's forward pass (float32), as XLA counts it (2 per multiply-add)."""
+  return [{"variant": v, "frames": t, "gflops": forward_flops(make_config(preset, v, t).model) / 1e9}
+          for v in variants for t in frames]
+
+
+def matmul_peak(dtype, size=None, steps=5):
+  """Achievable FLOP/s of this backend and dtype: a jitted size x size matmul (8192; 2048 on CPU)."""
+  size = size or (2048 if jax.default_backend() == "cpu" else 8192)  # 8192: launch overhead < 3%
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
+  matmul = jax.jit(jnp.matmul).lower(a, a).compile()
+  seconds, = median_times([lambda: matmul(a, a)], steps)
+  return {"dtype": dtype, "size": size, "seconds": seconds, "tflops_per_s": 2 * size ** 3 / seconds / 1e12}
+
+
+def random_batch(config):
+  m, b, rng = config.model, config.batch_size, np.random.default_rng(0)
+  return {"video": rng.uniform(-1, 1, (b, m.num_frames, m.image_size, m.image_size, 3)).astype(np.float32),
+          "label": rng.integers(0, m.num_classes, b).astype(np.int32)}
+
+
+def forward(model_cfg, dtype, video):
+  """(no-argument call, compiled): the jitted inference forward of a fresh model on `video`."""
+  graphdef, state = nnx.split(create_model(model_cfg, dtype=dtype))
+  compiled = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v)).lower(state, video).compile()
+  return (lambda: compiled(state, video)), compiled
+
+
+def train_and_infer_speed(config, steps):
+  """Throughput of the jitted train step (train.make_train_step) and of the jitted forward on random clips.
+  The state is train.create_train_state's, made eagerly (compiling its initialiser takes seconds)."""
+  mesh = sharding.make_mesh()
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  graphdef, params = nnx.split(create_model(config.model, dtype=config.dtype, seed=config.seed))  # only Params
+  state = [jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)},
+                          sharding.replicated(mesh))]
+  batch = sharding.global_batch(mesh, random_batch(config))
+  step = train.make_train_step(config, graphdef, tx, schedule).lower(state[0], batch).compile()
+
+  def train_once():
+    state[0], metrics = step(state[0], batch)  # the state is donated: carry the new one
+    return state[0], metrics
+
+  train_s, = median_times([train_once], steps)
+  del state[0], params  # free the train state before the forward's model (joint attention is large)
+  infer, compiled = forward(config.model, config.dtype, batch["video"])
+  infer_s, = median_times([infer], steps)
+  b, gflops = config.batch_size, lambda c: c.cost_analysis()["flops"] / 1e9
+  return {"variant": config.model.attention, "frames": config.model.num_frames, "batch": b,
+          "train_step_s": train_s, "train_clips_per_s": b / train_s, "train_step_gflops": gflops(step),
+          "infer_s": infer_s, "infer_clips_per_s": b / infer_s, "infer_gflops": gflops(compiled),
+          "train_step_bytes_xla": memory(step), "peak_bytes_so_far": memory()}
+
+
+def guarded(measure, config, steps):
+  """measure(config, steps), or a record saying so where the device runs out of memory."""
+  try:
+    return measure(config, steps)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+      raise
+    return {"variant": config.model.attention, "frames": config.model.num_frames, "error": "out of memory"}
+
+
+def shift_share(config, steps):
+  """Forward time of X-ViT against the same model with shift_layers="none", taking turns; share =
+  (xvit - none) / xvit, the fraction of the forward that the space-time mixing itself costs."""
+  video = jnp.asarray(random_batch(config)["video"])
+  models = [ml_collections.ConfigDict({**config.model.to_dict(), "attention": "xvit", "shift_layers": layers})
+            for layers in ("all", "none")]
+  xvit, none = median_times([forward(model, config.dtype, video)[0] for model in models], steps)
+  return {"frames": config.model.num_frames, "xvit_forward_s": xvit, "no_shift_forward_s": none,
+          "share": (xvit - none) / xvit}
+
+
+def encoded_clip(frames=300, height=256, width=320):
+  """The bytes of an h264 mp4 (30 fps, written in a temporary folder): a noisy scene panning diagonally."""
+  import av  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  scene = 128 + rng.normal(0, 20, (2 * height, 2 * width, 3)) + np.linspace(-60, 60, 2 * width)[:, None]
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "clip.mp4")
+    with av.open(path, "w") as container:
+      stream = container.add_stream("h264", rate=30)
+      stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+      for t in range(frames):
+        image = scene[t // 2:t // 2 + height, t:t + width] + rng.integers(-3, 4, (height, width, 3))
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+      container.mux(stream.encode())
+    with open(path, "rb") as f:
+      return f.read()
+
+
+def input_speed(preset, frames, clips, model_clips_per_s):
+  """Clips/s per worker of (a) the synthetic task and (b) an encoded 300-frame 320x256 h264 mp4 under the
+  Kinetics recipe (dense 16x16, multi-scale crop, flip, AutoAugment), and the workers the model needs."""
+  synthetic_cfg = make_config(preset, "xvit", frames)
+  kinetics = config_lib.kinetics_recipe("kinetics400", num_classes=400, frames=frames, train_videos=240_000)
+  kinetics.model.image_size = synthetic_cfg.model.image_size
+  mp4 = {"video": encoded_clip(), "label": 0, "id": "clip.mp4"}
+  rates = {}
+  for name, config, record in (("synthetic", synthetic_cfg, sources.source(synthetic_cfg, "train").__getitem__),
+                               ("mp4_kinetics", kinetics, lambda i: mp4)):
+    clip_fn = sources.TrainClip(config)  # what a worker runs per clip: read, decode, sample, augment
+    clip_fn(record(0), np.random.default_rng(0))  # warm-up
+    start = time.perf_counter()
+    for i in range(1, clips + 1):
+      clip_fn(record(i), np.random.default_rng(i))
+    rates[name] = clips / (time.perf_counter() - start)
+  need = lambda rate: model_clips_per_s and max(1, math.ceil(model_clips_per_s / rate))
+  return {"frames": frames, "image_size": synthetic_cfg.model.image_size, "model_train_clips_per_s": model_clips_per_s,
+          "sources": [{"source": name, "clips_per_s": rate, "keeps_up": model_clips_per_s and need(rate) == 1,
+                       "workers_needed": need(rate)} for name, rate in rates.items()]}
+
+
+def run(preset="quick", dtype="float32", variants=VARIANTS, steps=None, batch=None, matmul_size=None):
+  """Every measurement; returns the JSON-ready results."""
+  p = PRESETS[preset]
+  steps = steps or p["steps"]
+  batch = batch or (1 if jax.default_backend() == "cpu" else 8)
+  results = {"meta": {"preset": preset, "dtype": dtype, "batch": batch, "steps": steps, "variants": list(variants),
+                      "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+                      "devices": jax.device_count(), "cpus": os.cpu_count(), "jax": jax.__version__}}
+  results["cost"] = model_cost(preset, variants, p["cost_frames"])
+  results["paper_gflops"] = {str(t): g for t, g in PAPER_GFLOPS.items()} if preset == "full" else None
+  results["peak"] = peak = matmul_peak(dtype, matmul_size)
+  results["speed"] = [guarded(train_and_infer_speed, make_config(preset, v, t, dtype=dtype, batch=batch), steps)
+                      for t in p["speed_frames"] for v in variants]
+  ok = [s for s in results["speed"] if "error" not in s]
+  for r in ok:
+    base = next((s for s in ok if s["variant"] == "spatial" and s["frames"] == r["frames"]), None)
+    r["train_ratio_vs_spatial"] = base and r["train_step_s"] / base["train_step_s"]
+    r["train_mfu"] = r["train_step_gflops"] / r["train_step_s"] / 1e3 / peak["tflops_per_s"]
+    r["infer_mfu"] = r["infer_gflops"] / r["infer_s"] / 1e3 / peak["tflops_per_s"]
+  results["shift"] = [shift_share(make_config(preset, "xvit", t, dtype=dtype, batch=batch), steps)
+                      for t in p["speed_frames"]]
+  frames = p["input_frames"]  # the input is compared with xvit's train step at these frames (or the last measured)
+  model = next((s for s in ok if s["variant"] == "xvit" and s["frames"] == frames), ok[-1] if ok else None)
+  results["input"] = input_speed(preset, frames, p["input_clips"], model and model["train_clips_per_s"])
+  results["input"]["model"] = model and f"{model['variant']}, {model['frames']} frames, batch {model['batch']}"
+  return results
+
+
+def markdown(r):
+  """The results as markdown tables."""
+  def _table(header, rows):
+    return ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
+        "| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+
+  m, pk, i = r["meta"], r["peak"], r["input"]
+  _num = lambda x: "n/a" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+  pct, gib = lambda x: f"{100 * x:.1f}%", lambda n: "n/a" if n is None else f"{n / 2 ** 30:.2f}"
+  frames = sorted({c["frames"] for c in r["cost"]})
+  gflops = {(c["variant"], c["frames"]): c["gflops"] for c in r["cost"]}
+  cost = [[v] + [_num(gflops[v, t]) for t in frames] + [f"{gflops[v, frames[-1]] / gflops[v, frames[0]]:.2f}"]
+          for v in m["variants"]]
+  if r["paper_gflops"]:
+    cost.append(["paper (2 x GMAC / 3 views)"] + [_num(r["paper_gflops"].get(str(t))) for t in frames] + [""])
+  lines = [f"# xvit_jax benchmark: {m['preset']}, {m['dtype']}, {m['devices']} x {m['device']} ({m['backend']})",
+           "", "## Model cost: forward GFLOPs per clip (XLA cost analysis, float32)"]
+  lines += _table(["attention"] + [f"{t} frames" for t in frames] + [f"{frames[-1]} / {frames[0]}"], cost)
+  lines += ["", f"## Speed: batch {m['batch']}, median of {m['steps']} steps; MFU against a {pk['size']}^2 "
+            f"{pk['dtype']} matmul at {pk['tflops_per_s']:.3g} TFLOP/s"]
+  ratio = lambda x: "n/a" if x is None else f"{x:.2f}"
+  speed = [[s["variant"], s["frames"], s["error"]] + [""] * 7 if "error" in s else
+           [s["variant"], s["frames"], _num(s["train_clips_per_s"]), _num(1e3 * s["train_step_s"]),
+            ratio(s["train_ratio_vs_spatial"]), pct(s["train_mfu"]), _num(s["infer_clips_per_s"]),
+            pct(s["infer_mfu"]), gib(s["train_step_bytes_xla"]), gib(s["peak_bytes_so_far"])] for s in r["speed"]]
+  lines += _table(["attention", "frames", "train clips/s", "step ms", "step / spatial", "train MFU",
+                   "infer clips/s", "infer MFU", "XLA step GiB", "peak GiB so far"], speed)
+  lines += ["", "## The shift's own share of the X-ViT forward (against shift_layers=none)"]
+  lines += _table(["frames", "xvit forward ms", "no-shift forward ms", "share"],
+                  [[s["frames"], _num(1e3 * s["xvit_forward_s"]), _num(1e3 * s["no_shift_forward_s"]),
+                    pct(s["share"])] for s in r["shift"]])
+  lines += ["", f"## Input: one worker, {i['frames']} frames at {i['image_size']}; the model ({i['model']}) "
+            f"trains {_num(i['model_train_clips_per_s'])} clips/s"]
+  lines += _table(["source", "clips/s per worker", "keeps up", "workers needed"],
+                  [[s["source"], _num(s["clips_per_s"]), {True: "yes", False: "no"}.get(s["keeps_up"], "n/a"),
+                    s["workers_needed"] or "n/a"] for s in i["sources"]])
+  return "\n".join(lines)
+
+
+def plot(r, path):
+  """Two panels against frames: train step time (speed frames) and forward GFLOPs (cost frames)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  m = r["meta"]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for v in m["variants"]:
+    s = [x for x in r["speed"] if x["variant"] == v and "error" not in x]
+    left.plot([x["frames"] for x in s], [1e3 * x["train_step_s"] for x in s], "o-", label=v)
+    c = [x for x in r["cost"] if x["variant"] == v]
+    right.plot([x["frames"] for x in c], [x["gflops"] for x in c], "o-", label=v)
+  if r["paper_gflops"]:
+    right.plot([int(t) for t in r["paper_gflops"]], list(r["paper_gflops"].values()), "kx", ms=9, label="paper (X-ViT)")
+  left.set(title=f"train step, batch {m['batch']}, {m['dtype']}, {m['device']}", xlabel="frames", ylabel="ms")
+  right.set(title="forward GFLOPs per clip (XLA)", xlabel="frames", ylabel="GFLOPs")
+  for ax, points in ((left, r["speed"]), (right, r["cost"])):
+    ax.set_xticks(sorted({x["frames"] for x in points}))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  results = run(f.preset, f.dtype, f.variants, f.steps, f.batch, f.matmul_size)
+  print(markdown(results))
+  if f.out:
+    with open(f.out, "w") as out:
+      json.dump(results, out, indent=1)
+  if f.plot:
+    plot(results, f.plot)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_enum("preset", "full", list(PRESETS), "quick: tiny model, under a minute on 2 CPU cores; full: ViT-B/16")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of the model and the peak matmul")
+  flags.DEFINE_list("variants", list(VARIANTS), "attention variants to measure")
+  flags.register_validator("variants", lambda v: set(v) <= set(VARIANTS), f"--variants: some of {', '.join(VARIANTS)}")
+  flags.DEFINE_integer("steps", None, "timed steps per measurement (median); default: the preset's (quick 10, full 5)")
+  flags.DEFINE_integer("batch", None, "clips per train/inference step; default 1 on CPU, 8 on accelerators")
+  flags.DEFINE_integer("matmul_size", None, "side of the peak matmul; default 2048 on CPU, 8192 on accelerators")
+  flags.DEFINE_string("out", None, "write the results here as JSON")
+  flags.DEFINE_string("plot", None, "write the plot here (PNG)")
+  app.run(main)
