@@ -1,0 +1,22 @@
+"""TFDS builders of the video datasets (manual download), written as ArrayRecord for tfds.data_source.
+
+Prepare one with `python -m xvit_jax.data.prepare --dataset=NAME --manual_dir=DIR --data_dir=DIR`
+(see xvit_jax/data/prepare.py), or with TensorFlow installed, `tfds build --imports
+xvit_jax.data.builders NAME --manual_dir=DIR --data_dir=DIR --file_format=array_record`. Read it back
+without TensorFlow: `tfds.data_source(NAME, data_dir=DIR)[split][i]` is a dict of numpy values:
+  video       bytes, an h264 mp4 (short side 256, or smaller if the source was; all source frames);
+              decode with xvit_jax.data.video.decode(record["video"])
+  id          bytes, the annotation id (Kinetics {youtube_id}_{start:06d}_{end:06d}, SSv2 id,
+              EPIC narration_id)
+  num_frames  int32, frames in `video`
+  label       int64 class index, -1 when unlabelled (Kinetics, SSv2); EPIC-Kitchens-100 has `verb`
+              and `noun` instead. Names: tfds.builder(NAME, data_dir=DIR).info.features["label"].names
+Importing this package registers the builders with tfds.
+"""
+
+from xvit_jax.data.builders.epic_kitchens import EpicKitchens100
+from xvit_jax.data.builders.kinetics import Kinetics400, Kinetics600
+from xvit_jax.data.builders.ssv2 import SomethingSomethingV2
+
+BUILDERS = {b.name: b for b in (Kinetics400, Kinetics600, SomethingSomethingV2, EpicKitchens100)}
+DATASETS = tuple(BUILDERS)
