@@ -11,5 +11,8 @@ from xvit_jax import config_lib
 
 
 def get_config(arg="16"):
+  """arg: frames (8 or 16), or "smoke" for a 3-step run of a tiny model on a tiny prepared dataset."""
+  if arg == "smoke":
+    return config_lib.smoke(get_config("8"))
   # about 240k training videos; an epoch is train_videos // batch_size steps
   return config_lib.kinetics_recipe("kinetics400", num_classes=400, frames=int(arg), train_videos=240_000)

@@ -8,5 +8,8 @@ from xvit_jax import config_lib
 
 
 def get_config(arg="16"):
+  """arg: frames (8 or 16), or "smoke" for a 3-step run of a tiny model on a tiny prepared dataset."""
+  if arg == "smoke":
+    return config_lib.smoke(get_config("8"))
   # about 390k training videos
   return config_lib.kinetics_recipe("kinetics600", num_classes=600, frames=int(arg), train_videos=390_000)

@@ -10,6 +10,9 @@ from xvit_jax import config_lib
 
 
 def get_config(arg="16"):
+  """arg: frames (8 or 16), or "smoke" for a 3-step run of a tiny model on a tiny prepared dataset."""
+  if arg == "smoke":
+    return config_lib.smoke(get_config("8"))
   frames = int(arg)
   c = config_lib.paper_recipe("something_something_v2", num_classes=174, frames=frames,
                               steps_per_epoch=169_000 // 64, epochs=35)

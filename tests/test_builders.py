@@ -84,6 +84,17 @@ def read(tmp, name):
   return records, tfds.builder(name, data_dir=str(tmp / "data")).info, report
 
 
+def train_smoke(tmp, config):
+  """`main --config=CONFIG:smoke` on what prepare wrote in tmp/data: 3 training steps and an evaluation."""
+  run = subprocess.run([sys.executable, "-m", "xvit_jax.main", f"--config={config}:smoke",
+                        f"--config.data.data_dir={tmp / 'data'}", f"--workdir={tmp / 'run'}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "step 3/3 | loss" in run.stdout and "eval at step 3: top1" in run.stdout
+  with open(tmp / "run" / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
 def check_video(record, num, height=48, width=64):
   frames = video.decode(record["video"])
   assert frames.shape == (num, height, width, 3) and record["num_frames"] == num
@@ -185,6 +196,7 @@ def test_something_something_v2(tmp_path):
   check_video(records["test"]["8"], 6)
   assert {k: v[1] for k, v in report.items()} == {"3": "unreadable video", "4": "empty file", "5": "unknown label",
                                                  "6": "missing video", "1": "duplicate id", "entry7": "bad annotation"}
+  assert train_smoke(tmp_path, "configs/ssv2.py")[-1]["eval/videos"] == 1
 
 
 def test_epic_kitchens_100_frame_folders_and_videos(tmp_path):
@@ -218,6 +230,8 @@ def test_epic_kitchens_100_frame_folders_and_videos(tmp_path):
       "P01_01_2": "unreadable video", "P01_01_3": "unknown label", "P01_01_0": "duplicate id",
       "P03_01_0": "missing video", "row9": "bad annotation"}
   assert "missing frames: 10 of 16" in report["P01_01_2"][2]
+  last = train_smoke(tmp_path, "configs/epic100.py")[-1]
+  assert {"eval/verb_top1", "eval/noun_top1", "eval/top1"} <= set(last) and last["eval/videos"] == 1
 
 
 @pytest.mark.parametrize("name", ["kinetics600", "something_something_v2", "epic_kitchens_100"])

@@ -30,3 +30,10 @@ def test_paper_settings():
   assert (ssv2.model.shift_segment, ssv2.model.shift_div, ssv2.augment.flip, ssv2.augment.random_erasing) == (16, 4, 0.0, 0.5)
   assert ssv2.eval.temporal_views * ssv2.eval.spatial_crops == 6
   assert k400.total_steps == 30 * (240_000 // 64) and k400.optimizer.warmup_steps == 5 * (240_000 // 64)
+
+
+@pytest.mark.parametrize("name", ["k400", "k600", "ssv2", "epic100"])
+def test_smoke_presets_are_tiny_and_valid(name):
+  c = load(f"{REPO}/configs/{name}.py", "smoke")
+  config_lib.check(c, num_devices=1)
+  assert c.model.hidden_size == 32 and c.total_steps == 3 and c.data.name != "synthetic"
