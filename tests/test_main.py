@@ -71,3 +71,13 @@ def test_evaluate_mode_init_from_and_a_checkpoint_of_another_config(tmp_path):
   assert last.startswith(f"error: checkpoint {tmp_path / 'a' / 'checkpoints' / '2'} is from another model config: "
                          "parameter blocks/0/mlp/fc1/bias has shape (64,), the config needs (96,)"), last
   assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["2"]
+
+
+def test_grain_worker_processes_give_the_same_training(tmp_path):
+  losses = []
+  for workers in (0, 2):
+    result = run_main(tmp_path / str(workers), "--config.total_steps=2", "--config.eval_every=0",
+                      f"--config.data.workers={workers}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses.append([r["train/loss"] for r in read_metrics(tmp_path / str(workers))])
+  assert losses[0] == losses[1]
