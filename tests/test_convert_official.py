@@ -60,7 +60,7 @@ def test_avg_consensus_matches_new_fc_averaged_over_frames():
   assert_parity(cfg, {k: v for k, v in sd.items() if not k.startswith("consensus.")})  # no VitHead built
 
 
-# ViT-B/16 x 16 frames through the float64 numpy reference: under a minute each
+@pytest.mark.slow  # ViT-B/16 x 16 frames through the float64 numpy reference: about a minute each
 @pytest.mark.parametrize("path,num_classes", [("configs/official/k600_xvit_b16.py", 600),
                                               ("configs/official/ssv2_xvit_b16.py", 174)])
 def test_released_model_configs_match_the_official_forward(path, num_classes):
