@@ -9,6 +9,7 @@ folder that a rerun reuses (<data_dir>/<name>/work/<version>/<split>/), writes t
 The work folder is keyed by VERSION: bump it when the stored format (common.py) changes.
 """
 
+import abc
 import dataclasses
 import os
 from typing import Any, Callable
@@ -55,9 +56,9 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._max_examples, self._index = None, {}
     super().__init__(**kwargs)
 
+  @abc.abstractmethod
   def read_annotations(self, manual_dir: str) -> tuple[dict[str, list[Example]], dict[str, list[str]]]:
     """({split: [Example]}, {label feature: class names in index order}); UserError if unusable."""
-    raise NotImplementedError
 
   def _info(self):
     features = {
