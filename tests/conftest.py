@@ -15,6 +15,7 @@ def tiny_config(**model):
   from xvit_jax import config_lib
   c = config_lib.base_config()
   c.batch_size, c.total_steps, c.log_every, c.eval_every = 4, 4, 2, 0
+  c.optimizer.warmup_steps = 1
   m = c.model
   m.image_size, m.patch_size, m.hidden_size, m.num_layers, m.num_heads, m.mlp_dim = 16, 8, 32, 2, 4, 64
   m.num_frames, m.num_classes, m.dropout, m.consensus = 4, 3, 0.0, "avg"

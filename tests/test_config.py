@@ -14,7 +14,7 @@ BAD = [
     ({"model.consensus": "max"}, "config.model.consensus='max'", "avg, temporal_attention"),
     ({"model.num_frames": 6, "model.shift_segment": 4}, "config.model.num_frames=6", "shift_segment=4"),
     ({"model.image_size": 20}, "config.model.image_size=20", "patch_size=8"),
-    ({"batch_size": 6}, "config.batch_size=6", "the 4 devices"),
+    ({"batch_size": 6}, "config.batch_size=6", "mesh data=4 x fsdp=1 = 4 devices"),
     ({"model.hidden_size": 30}, "config.model.hidden_size=30", "num_heads=4"),
     ({"model.shift_div": 1}, "config.model.shift_div=1", "at least 2"),
     ({"model.shift_layers": "0,7"}, "config.model.shift_layers='0,7'", "0..1"),
@@ -31,6 +31,14 @@ BAD = [
     ({"eval.sampling": "segment", "eval.temporal_views": 4}, "config.eval.temporal_views=4", "1..3"),
     ({"data.label_names": "kinetics400"}, "config.data.label_names='kinetics400'", "kinetics600"),
     ({"data.label_names": "kinetics600"}, "config.data.label_names='kinetics600'", "num_classes=3 names (it has 600)"),
+    ({"mesh.data": 2, "mesh.fsdp": 4}, "config.mesh data=2 fsdp=4 tensor=1", "needs 8 devices, there are 4"),
+    ({"mesh.fsdp": 3}, "config.mesh data=-1 fsdp=3 tensor=1", "4 is not a multiple of 3"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "config.mesh data=-1 fsdp=-1 tensor=1", "at most one -1"),
+    ({"mesh.data": 0}, "config.mesh data=0 fsdp=1 tensor=1", "sizes are positive"),
+    ({"grad_accum_steps": 3}, "config.batch_size=4", "grad_accum_steps=3 micro-batches"),
+    ({"grad_accum_steps": 0}, "config.grad_accum_steps=0", "positive integer"),
+    ({"checkpoint_keep": 0}, "config.checkpoint_keep=0", "positive integer"),
+    ({"optimizer.warmup_steps": 4}, "config.optimizer.warmup_steps=4", "fewer than total_steps=4"),
 ]
 
 

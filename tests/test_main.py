@@ -10,7 +10,8 @@ from conftest import REPO
 
 TINY = ["--config.model.hidden_size=32", "--config.model.mlp_dim=64", "--config.model.num_layers=2",
         "--config.model.image_size=16", "--config.model.num_frames=4", "--config.data.object_size=4",
-        "--config.data.eval_size=10", "--config.batch_size=8", "--config.log_every=2", "--config.eval_every=2"]
+        "--config.data.eval_size=10", "--config.batch_size=8", "--config.log_every=2", "--config.eval_every=2",
+        "--config.optimizer.warmup_steps=1"]
 
 
 def run_main(workdir, *overrides, devices=1):
@@ -51,7 +52,8 @@ def test_data_parallel_over_four_devices(tmp_path):
   bad = run_main(tmp_path / "bad", "--config.total_steps=2", "--config.batch_size=6", devices=4)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
-      "error: config.batch_size=6 is not allowed: a multiple of the 4 devices it is split over")
+      "error: config.batch_size=6 is not allowed: a multiple of 4: the batch is split over mesh data=4 x fsdp=1 = 4 "
+      "devices and grad_accum_steps=1 micro-batches")
 
 
 def test_evaluate_mode_init_from_and_a_checkpoint_of_another_config(tmp_path):

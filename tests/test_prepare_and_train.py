@@ -32,4 +32,4 @@ def test_prepare_kinetics_then_train_and_evaluate_on_it(tmp_path):
        f"--config.data.data_dir={tmp_path / 'data'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert missing.returncode == 2
   assert missing.stderr.strip().splitlines()[-1].startswith(
-      "error: dataset something_something_v2 split 'validation' is not prepared in config.data.data_dir=")
+      "error: dataset something_something_v2 split 'train' is not prepared in config.data.data_dir=")

@@ -86,7 +86,7 @@ def test_main_fine_tunes_from_an_imagenet21k_npz_with_no_other_step(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py", f"--workdir={tmp_path / 'run'}",
        f"--config.init_from={tmp_path / 'ViT.npz'}", "--config.model.num_layers=2", "--config.model.hidden_size=32", "--config.model.mlp_dim=64",
-       "--config.total_steps=2",
+       "--config.total_steps=2", "--config.optimizer.warmup_steps=1",
        "--config.batch_size=4", "--config.data.eval_size=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   line = next(l for l in result.stdout.splitlines() if l.startswith("initialised from"))

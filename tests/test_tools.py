@@ -98,7 +98,7 @@ def test_main_evaluates_and_fine_tunes_an_imported_checkpoint(tmp_path, official
   evaluated = run("--mode=evaluate")
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
   assert "with a fresh optimizer" in evaluated.stdout and "evaluation: eval/top1" in evaluated.stdout
-  tuned = run("--config.total_steps=2")
+  tuned = run("--config.total_steps=2", "--config.optimizer.warmup_steps=1")
   assert tuned.returncode == 0, tuned.stderr[-2000:]
   assert "steps 0..2" in tuned.stdout
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "2"]

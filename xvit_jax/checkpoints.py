@@ -1,38 +1,63 @@
-"""orbax checkpoints in `DIR/checkpoints/<step>/`, two items per step:
+"""orbax checkpoints in `DIR/checkpoints/<step>/`, up to three items per step:
 
   params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them)
-  train/   {"step", "opt_state"}: what resuming training needs besides the parameters
+  train/   {"step", "rng", "opt_state"}: what resuming training needs besides the parameters
+  data/    the grain iterator's state, one JSON file per process: where the data stream resumes
+
+Saving is asynchronous (the arrays are copied off the devices, then written while training goes on). A
+step is written to a temporary directory and renamed when every item of every process is complete, so a
+half-written step is never picked up. Kept: the newest `keep` steps and the one with the best
+"eval/top1" (the metrics saved with it).
 
 A checkpoint written by `tools.import_official` (or any other weights-only export) has `params` alone;
-training from it starts a fresh optimizer at step 0. orbax writes each step to a temporary directory and
-renames it when complete, so a half-written step is never picked up.
+training from it starts a fresh optimizer at step 0.
 """
 
 import os
 
+import grain
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from xvit_jax import trees
 from xvit_jax.errors import UserError
 
-PARAMS, TRAIN = "params", "train"
+PARAMS, TRAIN, DATA = "params", "train", "data"
+BEST_METRIC = "eval/top1"
 
 
 def manager(directory, *, keep=3, create=True):
   path = os.path.abspath(os.path.join(directory, "checkpoints"))
   if not create and not os.path.isdir(path):
     raise UserError(f"no checkpoint in {path}")
-  handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler()}
-  return ocp.CheckpointManager(path, item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
+  handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
+              DATA: grain.checkpoint.CheckpointHandler()}
+  score = lambda metrics: metrics.get(BEST_METRIC, float("-inf"))
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False)])
+  # best_fn makes orbax store each step's metrics (an empty dict for steps saved without evaluation)
+  options = ocp.CheckpointManagerOptions(create=create, preservation_policy=policy, best_fn=score, best_mode="max")
+  return ocp.CheckpointManager(path, item_handlers=handlers, options=options)
 
 
-def save(mngr, step, params, train=None):
-  """Saves `params` (pure nested dict) and, if given, the `train` item ({"step", "opt_state"})."""
+def save(mngr, step, params, train=None, data=None, metrics=None, *, force=False):
+  """Saves `params` (pure nested dict) and, if given, the `train` item ({"step", "rng", "opt_state"})
+  and the grain iterator `data`; `metrics` ({"eval/top1": ...}) rank it for keeping the best."""
   items = {PARAMS: ocp.args.StandardSave(params)}
   if train is not None:
     items[TRAIN] = ocp.args.StandardSave(train)
-  mngr.save(step, args=ocp.args.Composite(**items))
+  if data is not None:
+    items[DATA] = grain.checkpoint.CheckpointSave(data)
+  metrics = {BEST_METRIC: metrics[BEST_METRIC]} if metrics and BEST_METRIC in metrics else {}
+  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+
+
+def best_step(mngr):
+  """The kept step with the best eval/top1, or None if no kept step was evaluated."""
+  scored = [(metrics[BEST_METRIC], step) for step in mngr.all_steps()
+            if (metrics := mngr.metrics(step)) and BEST_METRIC in metrics]
+  return max(scored)[1] if scored else None
 
 
 def write_params(directory, params, step=0):
@@ -43,8 +68,8 @@ def write_params(directory, params, step=0):
   mngr.close()
 
 
-def has_train_state(mngr, step):
-  return os.path.isdir(os.path.join(str(mngr.directory), str(step), TRAIN))
+def has_item(mngr, step, item):
+  return os.path.isdir(os.path.join(str(mngr.directory), str(step), item))
 
 
 def _shapes(tree):
@@ -74,6 +99,11 @@ def restore_params(mngr, step, params):
 
 def restore_train(mngr, step, train):
   return mngr.restore(step, args=ocp.args.Composite(**{TRAIN: ocp.args.StandardRestore(train)}))[TRAIN]
+
+
+def restore_data(mngr, step, iterator):
+  """Sets the grain `iterator` to where it was when `step` was saved."""
+  mngr.restore(step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(iterator)}))
 
 
 def latest_params(directory, params):

@@ -7,7 +7,7 @@ before anything is built, so a wrong value stops the run with one line naming th
 import ml_collections
 from ml_collections import config_dict
 
-from xvit_jax import labels
+from xvit_jax import labels, sharding
 from xvit_jax.errors import UserError
 from xvit_jax.models.attention import ATTENTION_TYPES
 from xvit_jax.models.heads import CONSENSUS_TYPES
@@ -25,8 +25,10 @@ def base_config():
   c.total_steps = 1000
   c.log_every = 50
   c.eval_every = 500  # 0: only at the end
-  c.checkpoint_every = 0  # 0: only at the end
+  c.checkpoint_every = 0  # 0: only at the end (and on SIGTERM)
+  c.checkpoint_keep = 3  # the newest kept; the best by eval/top1 is kept too
   c.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+  c.grad_accum_steps = 1  # micro-batches per step: each device runs batch_size / (shards * this) clips at once
   c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, or timm/official state dict
 
   m = c.model = ml_collections.ConfigDict()
@@ -50,6 +52,7 @@ def base_config():
   m.dropout = 0.5  # before the head, and inside the temporal-attention head's MLP
   m.droppath = 0.0  # stochastic depth, rising linearly to this over the blocks
   m.norm_eps = 1e-6  # backbone LayerNorm epsilon
+  m.remat = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
   m.head = ml_collections.ConfigDict()  # the temporal-attention head; None or 0 follows the backbone
   m.head.num_layers = 1
   m.head.num_heads = config_dict.placeholder(int)
@@ -85,6 +88,11 @@ def base_config():
   e.stride = 16  # dense sampling: source frames between two sampled frames
   e.temporal_views = 1  # clips per video; logits are summed over all views
   e.spatial_crops = 3  # 3: left/centre/right (or top/centre/bottom) crops of the short-side-resized video; 1: centre
+
+  c.mesh = ml_collections.ConfigDict()  # device mesh sizes (xvit_jax/sharding.py); -1: the devices left over
+  c.mesh.data = -1  # batch split, parameters replicated
+  c.mesh.fsdp = 1  # batch split, parameters and optimizer state sharded
+  c.mesh.tensor = 1  # attention heads and MLP units split
 
   o = c.optimizer = ml_collections.ConfigDict()
   o.learning_rate = 0.03  # peak, reached after warmup; cosine to zero at total_steps
@@ -230,8 +238,14 @@ def check(config, num_devices):
     head_heads = m.head.num_heads or m.num_heads
     if m.hidden_size % head_heads:
       _fail("model.head.num_heads", head_heads, f"a divisor of model.hidden_size={m.hidden_size}")
-  if config.batch_size % num_devices:
-    _fail("batch_size", config.batch_size, f"a multiple of the {num_devices} devices it is split over")
+  _positive_int(config, "grad_accum_steps")
+  _positive_int(config, "checkpoint_keep")
+  mesh = sharding.mesh_shape(config.mesh, num_devices)
+  shards = mesh["data"] * mesh["fsdp"]
+  if config.batch_size % (shards * config.grad_accum_steps):
+    _fail("batch_size", config.batch_size,
+          f"a multiple of {shards * config.grad_accum_steps}: the batch is split over mesh data={mesh['data']} x "
+          f"fsdp={mesh['fsdp']} = {shards} devices and grad_accum_steps={config.grad_accum_steps} micro-batches")
   for field in ("log_every", "eval_every", "checkpoint_every", "optimizer.warmup_steps", "data.workers"):
     if _get(config, field) < 0:
       _fail(field, _get(config, field), "an integer >= 0")
@@ -262,5 +276,9 @@ def check(config, num_devices):
   if config.data.label_names and len(labels.names(config.data.label_names)) != m.num_classes:
     _fail("data.label_names", config.data.label_names,
           f"a list of model.num_classes={m.num_classes} names (it has {len(labels.names(config.data.label_names))})")
+  if config.optimizer.warmup_steps >= config.total_steps:
+    _fail("optimizer.warmup_steps", config.optimizer.warmup_steps,
+          f"fewer than total_steps={config.total_steps} (warmup rises to the cosine's value at its end, "
+          "which is 0 at total_steps: the learning rate would stay 0)")
   if config.optimizer.learning_rate <= 0:
     _fail("optimizer.learning_rate", config.optimizer.learning_rate, "a positive number")

@@ -1,5 +1,7 @@
 """The training loop: build the sharded state, jit the step, log, evaluate and checkpoint."""
 
+import signal
+import threading
 import time
 
 import jax
@@ -7,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
 from xvit_jax.convert import pretrained
@@ -16,17 +19,18 @@ from xvit_jax.models import create_model
 
 
 def create_train_state(config, tx, mesh):
-  """(graphdef, state): state = {"step", "params", "opt_state"}, created directly on the devices."""
+  """(graphdef, state, shardings): state = {"step", "rng", "params", "opt_state"}, created directly in its
+  sharded layout (sharding.RULES) by a jit with out_shardings, never whole on one device."""
   make_model = lambda: create_model(config.model, dtype=config.dtype, seed=config.seed)
   graphdef, _ = nnx.split(nnx.eval_shape(make_model))
 
   def init():
     params = nnx.state(make_model(), nnx.Param)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(config.seed)),
+            "params": params, "opt_state": tx.init(params)}
 
-  abstract = jax.eval_shape(init)
-  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-  return graphdef, jax.jit(init, out_shardings=shardings)()
+  shardings = sharding.shardings_for(jax.eval_shape(init), mesh)
+  return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
 
 
 def mixup(video, targets, rng, alpha, groups):
@@ -46,36 +50,63 @@ def mixup(video, targets, rng, alpha, groups):
   return mix(video), mix(targets)
 
 
-def make_train_step(config, graphdef, tx, schedule, groups=1):
+def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None):
   """jit'd (state, batch) -> (state, metrics). With several label heads (EPIC verb and noun) the loss is
-  the sum of the heads' cross-entropies and the accuracy counts clips with every head right."""
+  the sum of the heads' cross-entropies and the accuracy counts clips with every head right.
+
+  With config.grad_accum_steps = n > 1 the batch is cut into n micro-batches (rows i, i+n, i+2n, ...: each
+  spread over all devices) whose gradients are averaged in float32 by a scan, so the step equals one
+  over the whole batch (dropout masks aside) with 1/n of the activation memory."""
   heads, smoothing, alpha = config_lib.label_heads(config), config.optimizer.label_smoothing, config.augment.mixup
+  accum = config.grad_accum_steps
   bounds = np.cumsum([0] + [size for _, size in heads])
 
+  def loss_fn(params, video, targets, rng):
+    logits = nnx.merge(graphdef, params)(video, train=True, rngs=nnx.Rngs(dropout=rng))
+    losses = [optax.softmax_cross_entropy(logits[:, lo:hi], targets[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+    return sum(losses).mean(), logits
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulated_grads(params, video, targets, rng):
+    split = lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+    def micro_step(carry, micro):
+      grads_sum, loss_sum = carry
+      video_i, targets_i, i = micro
+      (loss, logits), grads = grad_fn(params, video_i, targets_i, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss), logits
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, loss), logits = jax.lax.scan(micro_step, (zeros, jnp.zeros((), jnp.float32)),
+                                         (split(video), split(targets), jnp.arange(accum)))
+    logits = logits.swapaxes(0, 1).reshape(video.shape[0], -1)  # back to the batch's row order
+    return (loss / accum, logits), jax.tree.map(lambda g: g / accum, grads)
+
   def train_step(state, batch):
-    rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     dropout_rng, mixup_rng = jax.random.split(rng)
     video, labels = batch["video"], batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
     targets = jnp.concatenate([optax.smooth_labels(jax.nn.one_hot(labels[:, g], size), smoothing)
                                for g, (_, size) in enumerate(heads)], axis=-1)
     if alpha:
       video, targets = mixup(video, targets, mixup_rng, alpha, groups)
-
-    def loss_fn(params):
-      logits = nnx.merge(graphdef, params)(video, train=True, rngs=nnx.Rngs(dropout=dropout_rng))
-      losses = [optax.softmax_cross_entropy(logits[:, lo:hi], targets[:, lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-      return sum(losses).mean(), logits
-
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if accum == 1:
+      (loss, logits), grads = grad_fn(state["params"], video, targets, dropout_rng)
+    else:
+      (loss, logits), grads = accumulated_grads(state["params"], video, targets, dropout_rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
+    new_state = {"step": state["step"] + 1, "rng": state["rng"],
+                 "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
     right = jnp.stack([jnp.argmax(logits[:, lo:hi], -1) == labels[:, g]
                        for g, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]).all(axis=0)
-    metrics = {"train/loss": loss, "train/accuracy": jnp.mean(right), "train/learning_rate": schedule(state["step"])}
+    metrics = {"train/loss": loss, "train/accuracy": jnp.mean(right), "train/learning_rate": schedule(state["step"]),
+               "train/grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  if shardings is None:
+    return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
 
 
 def _pure(params):
@@ -86,47 +117,100 @@ def _set_params(state, pure):
   nnx.replace_by_pure_dict(state["params"], pure)
 
 
-def restore_or_initialise(config, state, ckpt, writer):
-  """The newest checkpoint in the workdir if there is one (with its optimizer state when it has it),
-  else `config.init_from` if set, else `state` as created."""
+def _train_item(state):
+  return {"step": state["step"], "rng": state["rng"], "opt_state": state["opt_state"]}
+
+
+class Preempted(Exception):
+  """Raised after a SIGTERM: the checkpoint of `step` is on disk and training stopped."""
+
+  def __init__(self, step, directory):
+    super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; run the same command to resume")
+    self.step = step
+
+
+class PreemptionNotice:
+  """Has a preemption notice (SIGTERM) arrived? One process: a signal handler sets a flag, read after
+  each step. Several processes: JAX's preemption sync service (started by jax.distributed.initialize)
+  catches the signal on any host and names the step at which every process stops together."""
+
+  def __init__(self):
+    self.multiprocess = jax.process_count() > 1
+    self.received, self.previous = False, None
+    if not self.multiprocess and threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def reached(self, step):
+    if self.multiprocess:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def close(self):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
+  """The newest checkpoint in the workdir if there is one (with its optimizer state, RNG and data
+  position when it has them), else `config.init_from` if set, else `state` as created."""
   step = ckpt.latest_step()
   if step is not None:
     _set_params(state, checkpoints.restore_params(ckpt, step, _pure(state["params"])))
-    if checkpoints.has_train_state(ckpt, step):
-      restored = checkpoints.restore_train(ckpt, step, {"step": state["step"], "opt_state": state["opt_state"]})
-      state.update(restored)
-      writer.print(f"resumed from {ckpt.directory}/{step}")
-    else:
-      writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
+    if checkpoints.has_item(ckpt, step, checkpoints.TRAIN):
+      state.update(checkpoints.restore_train(ckpt, step, _train_item(state)))
+      data = "no data position saved: the data order restarts"
+      if train_batches is not None and checkpoints.has_item(ckpt, step, checkpoints.DATA):
+        try:
+          checkpoints.restore_data(ckpt, step, train_batches)
+          data = "data stream at the saved position"
+        except ValueError:  # saved by another number of processes
+          data = f"data saved by another number of processes: order reseeded at step {step}"
+      writer.print(f"resumed from {ckpt.directory}/{step} ({data})")
+      return state, checkpoints.has_item(ckpt, step, checkpoints.DATA) and data.startswith("data stream")
+    writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
   elif config.init_from:
     params, report = pretrained.load(config.init_from, config.model, jax.device_get(_pure(state["params"])))
     _set_params(state, jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), params, _pure(state["params"])))
     writer.print(f"initialised from {config.init_from}: {len(report['loaded'])} parameters loaded, "
                  f"fresh: {', '.join(report['fresh']) or 'none'}; ignored from the file: "
                  f"{', '.join(report['dropped']) or 'nothing'}")
-  return state
+  return state, False
 
 
 def train_and_evaluate(config, workdir, *, mode="train"):
   """Trains `config` for config.total_steps (mode "train"), resuming from workdir's newest checkpoint if
-  there is one, or only evaluates that checkpoint (mode "evaluate")."""
+  there is one, or only evaluates that checkpoint (mode "evaluate"). Raises Preempted after a SIGTERM
+  (having saved)."""
   config_lib.check(config, jax.device_count())
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh)
+  rows = sharding.process_rows(mesh, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  graphdef, state = create_train_state(config, tx, mesh)
+  graphdef, state, state_shardings = create_train_state(config, tx, mesh)
   writer = MetricWriter(workdir)
-  ckpt = checkpoints.manager(workdir, create=mode == "train")
+  ckpt = checkpoints.manager(workdir, keep=config.checkpoint_keep, create=mode == "train")
+  preemption = PreemptionNotice() if mode == "train" else None
   try:
-    state = restore_or_initialise(config, state, ckpt, writer)
+    make_batches = lambda seed: iter(pipeline.train_dataset(
+        sources.source(config, "train"), global_batch=config.batch_size, rows=rows, seed=seed,
+        clip_fn=sources.TrainClip(config), workers=config.data.workers))
+    train_batches = make_batches(config.seed) if mode == "train" else None
+    state, data_restored = restore_or_initialise(config, state, ckpt, writer, train_batches)
     first_step = int(state["step"])
+    if mode == "train" and first_step and not data_restored:
+      train_batches = make_batches(config.seed + first_step)
 
-    train_step = make_train_step(config, graphdef, tx, schedule, groups=jax.device_count())
+    train_step = make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
+                                 shardings=state_shardings)
     eval_step = evaluate.make_eval_step(graphdef, config_lib.label_heads(config))
-    to_global = lambda batch: sharding.global_batch(mesh, batch)
+    to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     eval_source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
     run_eval = lambda params: evaluate.evaluate(
-        eval_step, params, pipeline.eval_dataset(eval_source, global_batch=config.batch_size, views_fn=views_fn),
-        to_global)
+        eval_step, params,
+        pipeline.eval_dataset(eval_source, global_batch=config.batch_size, views_fn=views_fn, rows=rows), to_global)
 
     if mode == "evaluate":
       results = run_eval(state["params"])
@@ -135,11 +219,10 @@ def train_and_evaluate(config, workdir, *, mode="train"):
       writer.write(first_step, results)
       return results
 
-    train_batches = iter(pipeline.train_dataset(
-        sources.source(config, "train"), global_batch=config.batch_size, seed=config.seed + first_step,
-        clip_fn=sources.TrainClip(config), workers=config.data.workers))
+    mesh_text = " x ".join(f"{a}={n}" for a, n in mesh.shape.items())
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
-                 f"parameters, {jax.device_count()} device(s), steps {first_step}..{config.total_steps}")
+                 f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
+                 f"{mesh_text}, steps {first_step}..{config.total_steps}")
     pending, timer_start, timed_steps, started = [], None, 0, time.time()
     for step in range(first_step + 1, config.total_steps + 1):
       state, metrics = train_step(state, to_global(next(train_batches)))
@@ -165,10 +248,20 @@ def train_and_evaluate(config, workdir, *, mode="train"):
         writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
                      f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
       writer.write(step, record)
-      if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps:
-        checkpoints.save(ckpt, step, _pure(state["params"]), {"step": state["step"], "opt_state": state["opt_state"]})
+      preempted = preemption.reached(step)
+      if preempted or (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps:
+        checkpoints.save(ckpt, step, _pure(state["params"]), _train_item(state), train_batches, record, force=preempted)
+      if preempted:
+        ckpt.wait_until_finished()
+        raise Preempted(step, ckpt.directory)
     ckpt.wait_until_finished()
+    best = checkpoints.best_step(ckpt)
+    if best is not None:
+      writer.print(f"best eval/top1 {ckpt.metrics(best)[checkpoints.BEST_METRIC]:.4f} at step {best} "
+                   f"(kept in {ckpt.directory}/{best})")
     return state
   finally:
+    if preemption is not None:
+      preemption.close()
     ckpt.close()
     writer.close()

@@ -1,15 +1,19 @@
 """grain pipelines: an endless shuffled train stream and one padded pass over the videos for evaluation.
 
-Each JAX process reads its own shard of the source (records process_index::process_count) and yields
-its share of the global batch as numpy. Train batches: {"video": float32 (b, T, H, W, 3), "label": (b,)}.
-Eval batches: {"video": float32 (b, views, T, H, W, 3), "label", "mask" (1: a real video), "bad"
-(1: a video that could not be read)}; padding fills the last batch so every process runs the same steps.
+Both are defined over the *global* batch: one shuffled order of records for the whole run, cut into
+global batches; each JAX process reads only its own rows of each batch (`rows`, from
+sharding.process_rows), and each clip's random augmentation is seeded by its global position. So the
+clips a step trains on do not depend on how many processes read them, and a run resumed from a saved
+iterator state continues with exactly the batches an uninterrupted run would have seen.
+
+Train batches: {"video": float32 (b, T, H, W, 3), "label": (b,)}. Eval batches: {"video": float32
+(b, views, T, H, W, 3), "label", "mask" (1: a real video), "bad" (1: a video that could not be read)};
+padding fills the last batch so every process runs the same steps.
 """
 
 import math
 
 import grain
-import jax
 import numpy as np
 
 from xvit_jax.data import video
@@ -17,24 +21,42 @@ from xvit_jax.data import video
 normalize = video.normalize  # uint8 -> float32 in [-1, 1], the official normalisation
 
 
-def _process_batch_size(global_batch):
-  return global_batch // jax.process_count()
+class _ReadRow:
+  """Position in this process's stream -> its example: the record at that global position of the
+  shuffled order, through `clip_fn` with an rng seeded by (seed, global position)."""
+
+  def __init__(self, source, order, clip_fn, seed, global_batch, rows):
+    self.source, self.order, self.clip_fn, self.seed = source, order, clip_fn, seed
+    self.global_batch, (self.lo, self.hi) = global_batch, rows
+
+  def global_position(self, position):
+    per_batch = self.hi - self.lo
+    return (position // per_batch) * self.global_batch + self.lo + position % per_batch
+
+  def __call__(self, position):
+    g = self.global_position(position)
+    return self.clip_fn(self.source[self.order[g]], np.random.default_rng([self.seed, g]))
 
 
-def train_dataset(source, *, global_batch, seed, clip_fn, workers=0):
-  """Endless stream of batches, reshuffled every epoch; `clip_fn(record, rng)` makes one example (or None
-  to skip an unreadable record). Deterministic in `seed`: the rng of each example derives from it."""
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  ds = ds.shuffle(seed=seed).repeat().random_map(clip_fn, seed=seed)
+def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0):
+  """Endless stream of this process's `rows` (default: all) of each global batch, reshuffled every
+  epoch; `clip_fn(record, rng)` makes one example (or None to skip an unreadable record). Deterministic
+  in `seed`. Its iterator's get_state()/set_state() resume it exactly (checkpoints save it)."""
+  rows = rows or (0, global_batch)
+  order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+  read = _ReadRow(source, order, clip_fn, seed, global_batch, rows)
+  ds = grain.MapDataset.range(len(order) // global_batch * (rows[1] - rows[0])).map(read)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, workers), prefetch_buffer_size=2))
-  ds = ds.filter(lambda example: example is not None).batch(_process_batch_size(global_batch), drop_remainder=True)
+  ds = ds.filter(lambda example: example is not None).batch(rows[1] - rows[0], drop_remainder=True)
   if workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return ds
 
 
-def eval_dataset(source, *, global_batch, views_fn):
-  """One pass over every video: `views_fn(record)` gives its views; `views_fn.blank()` pads."""
+def eval_dataset(source, *, global_batch, views_fn, rows=None):
+  """One pass over every video, this process's `rows` of each global batch: `views_fn(record)` gives a
+  video's views; `views_fn.blank()` pads."""
+  lo, hi = rows or (0, global_batch)
   padded_len = math.ceil(len(source) / global_batch) * global_batch
 
   def example(index):
@@ -42,5 +64,7 @@ def eval_dataset(source, *, global_batch, views_fn):
       return views_fn.blank()
     return {"bad": np.float32(0), **views_fn(source[index])}
 
-  ds = grain.MapDataset.range(padded_len)[jax.process_index()::jax.process_count()].map(example)
-  return ds.batch(_process_batch_size(global_batch))
+  per_batch = hi - lo
+  positions = lambda i: (i // per_batch) * global_batch + lo + i % per_batch
+  ds = grain.MapDataset.range(padded_len // global_batch * per_batch).map(positions).map(example)
+  return ds.batch(per_batch)

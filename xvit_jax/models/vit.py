@@ -39,6 +39,7 @@ class XViT(nnx.Module):
     self.embed_period = cfg.temporal_embed_frames or cfg.num_frames
     self.embed_fold_batch = cfg.temporal_embed_fold_batch
     self.dtype = dtype
+    self.remat = cfg.get("remat", False)
     embed_init = jax.nn.initializers.normal(dim ** -0.5)  # as big_vision's learned position embedding
 
     self.patch_embed = nnx.Conv(3, dim, kernel_size=(patch, patch), strides=(patch, patch), padding="VALID",
@@ -75,8 +76,11 @@ class XViT(nnx.Module):
     if self.embed_fold_batch:  # (clip * T + t) mod period: differs only when T is not a multiple of it
       index = jnp.arange(b)[:, None] * t + index
     x = x + self.temp_embed[...][index % self.embed_period][..., None, :].astype(x.dtype)
+    run = lambda block, x, rngs: block(x, train=train, rngs=rngs)
+    if self.remat:  # keep only each block's input for the backward pass; recompute the rest
+      run = nnx.remat(run)
     for block in self.blocks:
-      x = block(x, train=train, rngs=rngs)
+      x = run(block, x, rngs)
     return self.norm(x)[:, :, 0]
 
   def __call__(self, video, *, train=False, rngs=None):
