@@ -1,0 +1,84 @@
+"""Two processes joined by jax.distributed on 127.0.0.1 (gloo collectives on CPU) train exactly as one
+process with the same devices: each reads only its rows of every global batch."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from conftest import REPO
+from test_main import TINY, read_metrics, run_main
+from test_resume import saved_steps
+from test_sharding import _final_params
+
+RUN = ["--config.total_steps=6", "--config.log_every=1", "--config.eval_every=3", "--config.checkpoint_every=3"]
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_processes(workdir, *overrides, count=2):
+  port = free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return [subprocess.Popen([sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+                            *TINY, *overrides, f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
+                            f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+          for i in range(count)]
+
+
+def finish(processes, timeout=300):
+  outputs = [p.communicate(timeout=timeout) for p in processes]
+  return [p.returncode for p in processes], outputs
+
+
+def test_two_processes_train_as_one(tmp_path):
+  single = run_main(tmp_path / "one", *RUN, devices=2)
+  assert single.returncode == 0, single.stderr[-2000:]
+
+  codes, outputs = finish(start_processes(tmp_path / "two", *RUN))
+  assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert "2 device(s) in 2 process(es)" in outputs[0][0]
+  assert "step 6/6" not in outputs[1][0]  # only process 0 prints progress and writes metrics
+
+  one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+  assert [r["step"] for r in two] == [r["step"] for r in one]
+  for a, b in zip(one, two):
+    np.testing.assert_allclose(b["train/loss"], a["train/loss"], rtol=1e-5)
+    if "eval/top1" in a:
+      assert (b["eval/top1"], b["eval/videos"]) == (a["eval/top1"], a["eval/videos"])
+  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "one")), jax.tree.leaves(_final_params(tmp_path / "two"))):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+  # both processes saved their data position; a restart resumes each from its own
+  data_files = os.listdir(tmp_path / "two" / "checkpoints" / "6" / "data")
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_files)
+  more = [arg.replace("total_steps=6", "total_steps=9") for arg in RUN]
+  assert run_main(tmp_path / "one", *more, devices=2).returncode == 0
+  codes, outputs = finish(start_processes(tmp_path / "two", *more))
+  assert codes == [0, 0], outputs[0][1][-2000:]
+  assert "data stream at the saved position" in outputs[0][0]
+  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "one")), jax.tree.leaves(_final_params(tmp_path / "two"))):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_sigterm_on_one_host_stops_both_at_the_same_saved_step(tmp_path):
+  processes = start_processes(tmp_path, "--config.total_steps=400", "--config.log_every=1", "--config.eval_every=0",
+                              "--config.checkpoint_every=0")
+  deadline = time.time() + 240
+  while not ((tmp_path / "metrics.jsonl").is_file() and len(read_metrics(tmp_path)) >= 3):
+    assert all(p.poll() is None for p in processes) and time.time() < deadline
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)  # the notice reaches one host; the sync service tells the other
+  codes, outputs = finish(processes)
+  assert codes == [143, 143], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  stopped = int(outputs[0][0].split("preempted at step ")[1].split(":")[0])
+  assert saved_steps(tmp_path) == [stopped] and stopped < 400
