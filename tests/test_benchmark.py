@@ -65,17 +65,19 @@ def test_out_of_memory_becomes_a_row_not_a_crash(run, tmp_path):
   import jax
   from xvit_jax import benchmark
 
-  def oom(config, steps):
-    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 bytes.")
+  def oom_for_joint(configs, steps):  # together they do not fit; alone only joint does not
+    if any(c.model.attention == "joint" for c in configs):
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 bytes.")
+    return [{"variant": c.model.attention, "frames": c.model.num_frames} for c in configs]
 
-  def other(config, steps):
+  def other(configs, steps):
     raise jax.errors.JaxRuntimeError("INTERNAL: something else")
 
-  config = benchmark.make_config("quick", "joint", 8)
-  record = benchmark.guarded(oom, config, 1)
-  assert record == {"variant": "joint", "frames": 8, "error": "out of memory"}
+  configs = [benchmark.make_config("quick", v, 8) for v in ("xvit", "joint")]
+  record = {"variant": "joint", "frames": 8, "error": "out of memory"}
+  assert benchmark.guarded(oom_for_joint, configs, 1) == [{"variant": "xvit", "frames": 8}, record]
   with pytest.raises(jax.errors.JaxRuntimeError):
-    benchmark.guarded(other, config, 1)
+    benchmark.guarded(other, configs, 1)
   results = dict(run[0], speed=[s if (s["variant"], s["frames"]) != ("joint", 8) else record for s in run[0]["speed"]])
   assert "| joint | 8 | out of memory |" in benchmark.markdown(results)
   benchmark.plot(results, tmp_path / "oom.png")

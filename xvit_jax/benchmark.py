@@ -91,9 +91,9 @@ def forward(model_cfg, dtype, video):
   return (lambda: compiled(state, video)), compiled
 
 
-def train_and_infer_speed(config, steps):
-  """Throughput of the jitted train step (train.make_train_step) and of the jitted forward on random clips.
-  The state is train.create_train_state's, made eagerly (compiling its initialiser takes seconds)."""
+def _train_step(config):
+  """(no-argument call, compiled): train.make_train_step on random clips, the state made eagerly (compiling
+  create_train_state's initialiser takes seconds) and carried from call to call (it is donated)."""
   mesh = sharding.make_mesh()
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   graphdef, params = nnx.split(create_model(config.model, dtype=config.dtype, seed=config.seed))  # only Params
@@ -103,28 +103,40 @@ def train_and_infer_speed(config, steps):
   step = train.make_train_step(config, graphdef, tx, schedule).lower(state[0], batch).compile()
 
   def train_once():
-    state[0], metrics = step(state[0], batch)  # the state is donated: carry the new one
+    state[0], metrics = step(state[0], batch)
     return state[0], metrics
 
-  train_s, = median_times([train_once], steps)
-  del state[0], params  # free the train state before the forward's model (joint attention is large)
-  infer, compiled = forward(config.model, config.dtype, batch["video"])
-  infer_s, = median_times([infer], steps)
-  b, gflops = config.batch_size, lambda c: c.cost_analysis()["flops"] / 1e9
-  return {"variant": config.model.attention, "frames": config.model.num_frames, "batch": b,
-          "train_step_s": train_s, "train_clips_per_s": b / train_s, "train_step_gflops": gflops(step),
-          "infer_s": infer_s, "infer_clips_per_s": b / infer_s, "infer_gflops": gflops(compiled),
-          "train_step_bytes_xla": memory(step), "peak_bytes_so_far": memory()}
+  return train_once, step
 
 
-def guarded(measure, config, steps):
-  """measure(config, steps), or a record saying so where the device runs out of memory."""
+def train_and_infer_speed(configs, steps):
+  """Throughput of the jitted train step and of the jitted forward of each config (same frames, different
+  attention), the variants taking turns step by step so that the machine's drift hits them alike."""
+  gflops = lambda c: c.cost_analysis()["flops"] / 1e9
+  trains = [_train_step(config) for config in configs]
+  train_s = median_times([fn for fn, _ in trains], steps)
+  records = [{"variant": c.model.attention, "frames": c.model.num_frames, "batch": c.batch_size, "train_step_s": t,
+              "train_clips_per_s": c.batch_size / t, "train_step_gflops": gflops(compiled),
+              "train_step_bytes_xla": memory(compiled)} for c, (_, compiled), t in zip(configs, trains, train_s)]
+  del trains  # free the train states before the forwards' models (joint attention is large)
+  infers = [forward(c.model, c.dtype, jnp.asarray(random_batch(c)["video"])) for c in configs]
+  infer_s = median_times([fn for fn, _ in infers], steps)
+  for r, c, (_, compiled), t in zip(records, configs, infers, infer_s):
+    r.update(infer_s=t, infer_clips_per_s=c.batch_size / t, infer_gflops=gflops(compiled), peak_bytes_so_far=memory())
+  return records
+
+
+def guarded(measure, configs, steps):
+  """measure(configs, steps), or, where the device runs out of memory, each config measured alone and a
+  record saying so for those that do not fit."""
   try:
-    return measure(config, steps)
+    return measure(configs, steps)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
       raise
-    return {"variant": config.model.attention, "frames": config.model.num_frames, "error": "out of memory"}
+    if len(configs) > 1:
+      return [r for config in configs for r in guarded(measure, [config], steps)]
+    return [{"variant": configs[0].model.attention, "frames": configs[0].model.num_frames, "error": "out of memory"}]
 
 
 def shift_share(config, steps):
@@ -190,8 +202,8 @@ def run(preset="quick", dtype="float32", variants=VARIANTS, steps=None, batch=No
   results["cost"] = model_cost(preset, variants, p["cost_frames"])
   results["paper_gflops"] = {str(t): g for t, g in PAPER_GFLOPS.items()} if preset == "full" else None
   results["peak"] = peak = matmul_peak(dtype, matmul_size)
-  results["speed"] = [guarded(train_and_infer_speed, make_config(preset, v, t, dtype=dtype, batch=batch), steps)
-                      for t in p["speed_frames"] for v in variants]
+  results["speed"] = [r for t in p["speed_frames"] for r in guarded(
+      train_and_infer_speed, [make_config(preset, v, t, dtype=dtype, batch=batch) for v in variants], steps)]
   ok = [s for s in results["speed"] if "error" not in s]
   for r in ok:
     base = next((s for s in ok if s["variant"] == "spatial" and s["frames"] == r["frames"]), None)
