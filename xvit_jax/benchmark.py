@@ -98,7 +98,8 @@ def _train_step(config):
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   graphdef, params = nnx.split(create_model(config.model, dtype=config.dtype, seed=config.seed))  # only Params
   state = [jax.device_put({"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(0)),
-                           "params": params, "opt_state": tx.init(params)}, sharding.replicated(mesh))]
+                           "params": params, "opt_state": tx.init(params), "nonfinite_steps": jnp.zeros((), jnp.int32)},
+                          sharding.replicated(mesh))]
   batch = sharding.global_batch(mesh, random_batch(config))
   step = train.make_train_step(config, graphdef, tx, schedule).lower(state[0], batch).compile()
 

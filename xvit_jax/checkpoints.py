@@ -13,6 +13,7 @@ A checkpoint written by `tools.import_official` (or any other weights-only expor
 training from it starts a fresh optimizer at step 0.
 """
 
+import contextlib
 import os
 
 import grain
@@ -37,7 +38,8 @@ def manager(directory, *, keep=3, create=True):
       checkpoint_managers.LatestN(n=keep),
       checkpoint_managers.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False)])
   # best_fn makes orbax store each step's metrics (an empty dict for steps saved without evaluation)
-  options = ocp.CheckpointManagerOptions(create=create, preservation_policy=policy, best_fn=score, best_mode="max")
+  options = ocp.CheckpointManagerOptions(create=create, preservation_policy=policy, best_fn=score, best_mode="max",
+                                         cleanup_tmp_directories=create)  # leftovers of a killed write
   return ocp.CheckpointManager(path, item_handlers=handlers, options=options)
 
 
@@ -50,7 +52,41 @@ def save(mngr, step, params, train=None, data=None, metrics=None, *, force=False
   if data is not None:
     items[DATA] = grain.checkpoint.CheckpointSave(data)
   metrics = {BEST_METRIC: metrics[BEST_METRIC]} if metrics and BEST_METRIC in metrics else {}
-  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+  with _write_errors(mngr):  # the previous step's asynchronous write reports its failure here
+    mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+
+
+def wait(mngr):
+  """Waits for the asynchronous writes; a failed one becomes a UserError."""
+  with _write_errors(mngr):
+    mngr.wait_until_finished()
+
+
+def close(mngr):
+  try:
+    mngr.close()
+  except Exception:  # noqa: BLE001 - a failed write was reported by save() or wait() already
+    pass
+
+
+def _first_line(error, limit=400):
+  """An exception's first line, its middle cut when long (the start names the file, the end the reason)."""
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return line if len(line) <= limit else f"{line[:limit // 2]} ... {line[-limit // 2:]}"
+
+
+@contextlib.contextmanager
+def _write_errors(mngr):
+  """A failed checkpoint write (disk full, file too large, permission) as one line; orbax wrote it to a
+  temporary directory, so the newest complete checkpoint is untouched and is what a restart resumes from."""
+  try:
+    yield
+  except (OSError, ValueError, RuntimeError) as e:
+    reason = _first_line(e)
+    mngr.reload()
+    complete = mngr.all_steps()
+    raise UserError(f"writing a checkpoint in {mngr.directory} failed: {reason}; the newest complete checkpoint "
+                    f"({'step ' + str(max(complete)) if complete else 'none'}) is intact") from None
 
 
 def best_step(mngr):
@@ -91,19 +127,44 @@ def check_fits(mngr, step, params):
                       f"{stored[name]}, the config needs {shape}")
 
 
+@contextlib.contextmanager
+def _read_errors(mngr, step, item):
+  """A checkpoint that cannot be read (truncated, damaged, half-deleted) as one line; nothing is written."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds; all mean the same here
+    while e.__cause__ or e.__context__:  # the root cause names the file and what is wrong with it
+      e = e.__cause__ or e.__context__
+    reason = _first_line(e)
+    where = os.path.join(str(mngr.directory), str(step))
+    raise UserError(f"checkpoint {where} cannot be read ({item}: {reason}): it is damaged or incomplete; move it "
+                    "aside to resume from the one before it") from None
+
+
 def restore_params(mngr, step, params):
   """The parameters of `step`, laid out (shapes, dtypes, shardings) like the template `params`."""
-  check_fits(mngr, step, params)
-  return mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(params)}))[PARAMS]
+  with _read_errors(mngr, step, PARAMS):
+    check_fits(mngr, step, params)
+    return mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(params)}))[PARAMS]
 
 
 def restore_train(mngr, step, train):
-  return mngr.restore(step, args=ocp.args.Composite(**{TRAIN: ocp.args.StandardRestore(train)}))[TRAIN]
+  with _read_errors(mngr, step, TRAIN):
+    return mngr.restore(step, args=ocp.args.Composite(**{TRAIN: ocp.args.StandardRestore(train)}))[TRAIN]
 
 
 def restore_data(mngr, step, iterator):
-  """Sets the grain `iterator` to where it was when `step` was saved."""
-  mngr.restore(step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+  """Sets the grain `iterator` to where it was when `step` was saved. ValueError if this process count
+  has no saved state there."""
+  try:
+    mngr.restore(step, args=ocp.args.Composite(**{DATA: grain.checkpoint.CheckpointRestore(iterator)}))
+  except ValueError as e:
+    if "does not exist" in str(e):
+      raise
+    with _read_errors(mngr, step, DATA):
+      raise
 
 
 def latest_params(directory, params):

@@ -28,6 +28,7 @@ def base_config():
   c.checkpoint_every = 0  # 0: only at the end (and on SIGTERM)
   c.checkpoint_keep = 3  # the newest kept; the best by eval/top1 is kept too
   c.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+  c.nonfinite = "stop"  # a step with NaN/Inf loss or gradients is never applied; stop: end the run, skip: go on
   c.grad_accum_steps = 1  # micro-batches per step: each device runs batch_size / (shards * this) clips at once
   c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, or timm/official state dict
 
@@ -238,6 +239,8 @@ def check(config, num_devices):
     head_heads = m.head.num_heads or m.num_heads
     if m.hidden_size % head_heads:
       _fail("model.head.num_heads", head_heads, f"a divisor of model.hidden_size={m.hidden_size}")
+  if config.nonfinite not in ("stop", "skip"):
+    _fail("nonfinite", config.nonfinite, "stop (end the run at the first NaN/Inf step) or skip (count it, go on)")
   _positive_int(config, "grad_accum_steps")
   _positive_int(config, "checkpoint_keep")
   mesh = sharding.mesh_shape(config.mesh, num_devices)

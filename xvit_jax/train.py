@@ -12,8 +12,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
+from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
 from xvit_jax.data import pipeline, sources
+from xvit_jax.errors import UserError
 from xvit_jax.metric_writer import MetricWriter, format_duration
 from xvit_jax.models import create_model
 
@@ -27,7 +29,7 @@ def create_train_state(config, tx, mesh):
   def init():
     params = nnx.state(make_model(), nnx.Param)
     return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(config.seed)),
-            "params": params, "opt_state": tx.init(params)}
+            "params": params, "opt_state": tx.init(params), "nonfinite_steps": jnp.zeros((), jnp.int32)}
 
   shardings = sharding.shardings_for(jax.eval_shape(init), mesh)
   return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
@@ -96,12 +98,18 @@ def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None)
     else:
       (loss, logits), grads = accumulated_grads(state["params"], video, targets, dropout_rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # else the update is not applied (see config.nonfinite)
+    unless_nonfinite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = {"step": state["step"] + 1, "rng": state["rng"],
-                 "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+                 "params": unless_nonfinite(optax.apply_updates(state["params"], updates), state["params"]),
+                 "opt_state": unless_nonfinite(opt_state, state["opt_state"]),
+                 "nonfinite_steps": state["nonfinite_steps"] + (~finite).astype(jnp.int32)}
     right = jnp.stack([jnp.argmax(logits[:, lo:hi], -1) == labels[:, g]
                        for g, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]).all(axis=0)
     metrics = {"train/loss": loss, "train/accuracy": jnp.mean(right), "train/learning_rate": schedule(state["step"]),
-               "train/grad_norm": optax.tree.norm(grads)}
+               "train/grad_norm": grad_norm, "train/finite": finite.astype(jnp.float32),
+               "train/nonfinite_steps": new_state["nonfinite_steps"]}
     return new_state, metrics
 
   if shardings is None:
@@ -118,7 +126,7 @@ def _set_params(state, pure):
 
 
 def _train_item(state):
-  return {"step": state["step"], "rng": state["rng"], "opt_state": state["opt_state"]}
+  return {key: state[key] for key in ("step", "rng", "opt_state", "nonfinite_steps")}
 
 
 class Preempted(Exception):
@@ -181,11 +189,87 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
   return state, False
 
 
+class Progress:
+  """Per-step metrics kept on the device until a log step; throughput timed from the first log step on
+  (the first interval holds compilation); non-finite steps found and, with config.nonfinite="stop", fatal."""
+
+  def __init__(self, config, writer):
+    self.config, self.writer = config, writer
+    self.pending, self.timer_start, self.timed_steps = [], None, 0
+
+  def add(self, step, metrics):
+    self.pending.append((step, metrics))
+
+  def check_finite(self, ckpt):
+    """UserError naming the first step whose loss or gradients were NaN/Inf, if nonfinite="stop"."""
+    if self.config.nonfinite != "stop" or not self.pending:
+      return
+    finite = jax.device_get([m["train/finite"] for _, m in self.pending])
+    bad = [step for (step, _), ok in zip(self.pending, finite) if not ok]
+    if bad:
+      latest = ckpt.latest_step()
+      raise UserError(f"the loss or gradients became NaN/Inf at step {bad[0]}: training stopped, that update was not "
+                      f"applied and nothing after it was saved; newest checkpoint: "
+                      f"{'none' if latest is None else f'step {latest}'} (--config.nonfinite=skip skips such steps instead)")
+
+  def log(self, step):
+    """The mean of each metric since the last log step (the running count of non-finite steps as it is)."""
+    metrics = jax.device_get([m for _, m in self.pending])
+    record = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+    record["train/nonfinite_steps"] = float(metrics[-1]["train/nonfinite_steps"])
+    self.pending = []
+    if self.timer_start is None:
+      self.timer_start, self.timed_steps = time.time(), step
+      clips_per_sec = float("nan")
+    else:
+      clips_per_sec = (step - self.timed_steps) * self.config.batch_size / (time.time() - self.timer_start)
+      record["train/clips_per_sec"] = clips_per_sec
+    total = self.config.total_steps
+    eta = (total - step) * self.config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
+    skipped = f" | {record['train/nonfinite_steps']:.0f} non-finite steps skipped" if record["train/nonfinite_steps"] else ""
+    self.writer.print(f"step {step}/{total} | loss {record['train/loss']:.4f} | acc {record['train/accuracy']:.3f} | "
+                      f"{clips_per_sec:.1f} clips/s | ETA {format_duration(eta) if eta == eta else '?'}{skipped}")
+    return record
+
+
+def _train_loop(config, state, first_step, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption):
+  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise."""
+  progress, started = Progress(config, writer), time.time()
+  for step in range(first_step + 1, config.total_steps + 1):
+    state, metrics = train_step(state, to_global(next(train_batches)))
+    progress.add(step, metrics)
+    last = step == config.total_steps
+    preempted = preemption.reached(step)
+    saving = preempted or last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+    record = {}
+    if last or step % (config.log_every or config.total_steps) == 0 or saving:
+      progress.check_finite(ckpt)
+    if last or step % (config.log_every or config.total_steps) == 0:
+      record = progress.log(step)
+    if last or (config.eval_every and step % config.eval_every == 0):
+      results = run_eval(state["params"])
+      record.update(results)
+      writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
+                   f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
+    writer.write(step, record)
+    if saving:
+      checkpoints.save(ckpt, step, _pure(state["params"]), _train_item(state), train_batches, record, force=preempted)
+    if preempted:
+      checkpoints.wait(ckpt)
+      raise Preempted(step, ckpt.directory)
+  return state
+
+
 def train_and_evaluate(config, workdir, *, mode="train"):
   """Trains `config` for config.total_steps (mode "train"), resuming from workdir's newest checkpoint if
   there is one, or only evaluates that checkpoint (mode "evaluate"). Raises Preempted after a SIGTERM
   (having saved)."""
   config_lib.check(config, jax.device_count())
+  with workdir_lib.exclusive(workdir, active=mode == "train" and jax.process_index() == 0):
+    return _train_or_evaluate(config, workdir, mode)
+
+
+def _train_or_evaluate(config, workdir, mode):
   mesh = sharding.make_mesh(config.mesh)
   rows = sharding.process_rows(mesh, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -223,38 +307,9 @@ def train_and_evaluate(config, workdir, *, mode="train"):
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
                  f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
-    pending, timer_start, timed_steps, started = [], None, 0, time.time()
-    for step in range(first_step + 1, config.total_steps + 1):
-      state, metrics = train_step(state, to_global(next(train_batches)))
-      pending.append(metrics)
-      record = {}
-      if step % (config.log_every or config.total_steps) == 0 or step == config.total_steps:
-        record = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-        if timer_start is None:  # the first interval holds compilation: time from here on
-          timer_start, timed_steps = time.time(), step
-          clips_per_sec = float("nan")
-        else:
-          clips_per_sec = (step - timed_steps) * config.batch_size / (time.time() - timer_start)
-        if clips_per_sec == clips_per_sec:
-          record["train/clips_per_sec"] = clips_per_sec
-        pending = []
-        eta = (config.total_steps - step) * config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
-        writer.print(f"step {step}/{config.total_steps} | loss {record['train/loss']:.4f} | "
-                     f"acc {record['train/accuracy']:.3f} | {clips_per_sec:.1f} clips/s | "
-                     f"ETA {format_duration(eta) if eta == eta else '?'}")
-      if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
-        results = run_eval(state["params"])
-        record.update(results)
-        writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
-                     f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
-      writer.write(step, record)
-      preempted = preemption.reached(step)
-      if preempted or (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.total_steps:
-        checkpoints.save(ckpt, step, _pure(state["params"]), _train_item(state), train_batches, record, force=preempted)
-      if preempted:
-        ckpt.wait_until_finished()
-        raise Preempted(step, ckpt.directory)
-    ckpt.wait_until_finished()
+    state = _train_loop(config, state, first_step, train_step, train_batches, to_global, run_eval, ckpt, writer,
+                        preemption)
+    checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)
     if best is not None:
       writer.print(f"best eval/top1 {ckpt.metrics(best)[checkpoints.BEST_METRIC]:.4f} at step {best} "
@@ -263,5 +318,5 @@ def train_and_evaluate(config, workdir, *, mode="train"):
   finally:
     if preemption is not None:
       preemption.close()
-    ckpt.close()
+    checkpoints.close(ckpt)
     writer.close()
