@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -17,15 +18,20 @@ from test_main import TINY, read_metrics, run_main
 from test_sharding import _final_params
 from xvit_jax import checkpoints
 
-RUN = ["--config.total_steps=24", "--config.checkpoint_every=3", "--config.log_every=1", "--config.eval_every=0",
-       "--config.checkpoint_keep=2"]
+RUN = ["--config.total_steps=24", "--config.checkpoint_every=3", "--config.log_every=1", "--config.eval_every=15",
+       "--config.checkpoint_keep=2", "--config.data.eval_size=400"]
 
 
 def start_main(workdir, *overrides):
+  """The command as a running process; its stdout lines are collected as they come in `process.lines`."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.Popen([sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
-                           *TINY, *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  process = subprocess.Popen([sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py",
+                              f"--workdir={workdir}", *TINY, *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+  process.lines = []
+  process.reader = threading.Thread(target=lambda: process.lines.extend(iter(process.stdout.readline, "")), daemon=True)
+  process.reader.start()
+  return process
 
 
 def wait_for(predicate, process, timeout=120):
@@ -67,6 +73,12 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_
   wait_for(lambda: any(step >= 12 for step in saved_steps(work)), run)
   run.kill()
   run.wait()
+  # third kill: during the evaluation at step 15 (its progress line is out, its eval line is not)
+  run = start_main(work, *RUN)
+  wait_for(lambda: any(line.startswith("step 15/24") for line in run.lines), run)
+  run.kill()
+  run.wait()
+  assert not any(line.startswith("eval at step 15") for line in run.lines), "killed after the evaluation"
   assert saved_steps(work)[-1] < 24, "killed too late to test anything"
 
   resumed = run_main(work, *RUN)
@@ -84,7 +96,9 @@ def test_sigterm_saves_exits_143_and_the_same_command_resumes(tmp_path):
   run = start_main(work, *RUN)
   wait_for(lambda: (work / "metrics.jsonl").is_file() and len(read_metrics(work)) >= 5, run)
   run.send_signal(signal.SIGTERM)
-  stdout, _ = run.communicate(timeout=120)
+  run.wait(timeout=120)
+  run.reader.join(timeout=10)
+  stdout = "".join(run.lines)
   assert run.returncode == 143
   stopped = int(stdout.split("preempted at step ")[1].split(":")[0])
   assert 5 <= stopped < 24 and stopped in saved_steps(work)
