@@ -65,24 +65,8 @@ DRY_RUN=${DRY_RUN:-0}
 
 die() { echo "gke_xpk.sh: $*" >&2; exit 2; }
 
-# The command as one shell line: plain words bare, others in single quotes.
-show() {
-  local words=() w
-  for w in "$@"; do
-    if [[ $w =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      words+=("$w")
-    elif [[ $w =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='value'
-      words+=("${BASH_REMATCH[1]}'${BASH_REMATCH[2]//\'/\'\\\'\'}'")
-    else
-      words+=("'${w//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${words[*]}"
-}
-
-run() {
-  if [ "$DRY_RUN" = 1 ]; then show "$@"; else "$@"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show, run (DRY_RUN=1 prints)
 
 base_image() {
   if [ -z "$BASE_IMAGE" ]; then

@@ -73,24 +73,8 @@ if [ -n "$PROJECT" ]; then GCLOUD_FLAGS+=(--project="$PROJECT"); fi
 
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
 
-# The command as one shell line: plain words bare, others in single quotes.
-show() {
-  local words=() w
-  for w in "$@"; do
-    if [[ $w =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      words+=("$w")
-    elif [[ $w =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='value'
-      words+=("${BASH_REMATCH[1]}'${BASH_REMATCH[2]//\'/\'\\\'\'}'")
-    else
-      words+=("'${w//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${words[*]}"
-}
-
-run() {
-  if [ "$DRY_RUN" = 1 ]; then show "$@"; else "$@"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show, run (DRY_RUN=1 prints)
 
 # Run a shell command on every host of the slice at once.
 on_all_hosts() {

@@ -26,24 +26,8 @@ BUCKET=${BUCKET:-}
 MOUNT_DIR=${MOUNT_DIR:-/mnt/gcs}
 DRY_RUN=${DRY_RUN:-0}
 
-# The command as one shell line: plain words bare, others in single quotes.
-show() {
-  local words=() w
-  for w in "$@"; do
-    if [[ $w =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      words+=("$w")
-    elif [[ $w =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='value'
-      words+=("${BASH_REMATCH[1]}'${BASH_REMATCH[2]//\'/\'\\\'\'}'")
-    else
-      words+=("'${w//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${words[*]}"
-}
-
-run() {
-  if [ "$DRY_RUN" = 1 ]; then show "$@"; else "$@"; fi
-}
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show, run (DRY_RUN=1 prints)
 
 install_python() {
   export PATH="$HOME/.local/bin:$PATH"
