@@ -82,3 +82,31 @@ def test_sigterm_on_one_host_stops_both_at_the_same_saved_step(tmp_path):
   assert codes == [143, 143], outputs[0][1][-2000:] + outputs[1][1][-2000:]
   stopped = int(outputs[0][0].split("preempted at step ")[1].split(":")[0])
   assert saved_steps(tmp_path) == [stopped] and stopped < 400
+
+
+def test_incomplete_or_inconsistent_multihost_flags_are_one_line_errors(tmp_path):
+  missing = run_main(tmp_path, "--coordinator_address=127.0.0.1:1234")
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines()[-1] == (
+      "error: --coordinator_address=127.0.0.1:1234 also needs --num_processes and --process_id "
+      "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+  wrong = run_main(tmp_path, "--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=2")
+  assert wrong.returncode == 2
+  assert wrong.stderr.strip().splitlines()[-1] == (
+      "error: --process_id=2 is not allowed: an index in 0..1 for --num_processes=2")
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_schedulers_are_recognised_by_their_variables(monkeypatch):
+  from xvit_jax import distributed  # pylint: disable=import-outside-toplevel
+  for name in ("SLURM_NTASKS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(name, raising=False)
+  assert distributed._detected_cluster() is None  # pylint: disable=protected-access
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  assert distributed._detected_cluster() is None  # one task: nothing to join  # pylint: disable=protected-access
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert distributed._detected_cluster() == "SLURM"  # pylint: disable=protected-access
+  monkeypatch.delenv("SLURM_NTASKS")
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+  assert distributed._detected_cluster() == "Open MPI"  # pylint: disable=protected-access

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xvit_jax.models.attention import DENSE_INIT, Attention
+from xvit_jax.models.attention import DENSE_INIT, Attention, dense
 
 
 def drop_path(x, rate, *, train, rngs):
@@ -23,7 +23,7 @@ class Mlp(nnx.Module):
     self.fc2 = nnx.Linear(hidden, dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.fc2(nnx.gelu(self.fc1(x), approximate=False))
+    return dense(self.fc2, nnx.gelu(dense(self.fc1, x), approximate=False))
 
 
 class Block(nnx.Module):
@@ -55,6 +55,6 @@ class Block(nnx.Module):
   def __call__(self, x, *, train=False, rngs=None):
     residual = lambda y: drop_path(y, self.droppath, train=train, rngs=rngs)
     if self.divided:
-      x = x + residual(self.temporal_fc(self.temporal_attn(self.temporal_norm(x), over="time")))
+      x = x + residual(dense(self.temporal_fc, self.temporal_attn(self.temporal_norm(x), over="time")))
     x = x + residual(self.attn(self.norm1(x), over=self.over, mix=self.mix, summary_tokens=self.summary_tokens))
     return x + residual(self.mlp(self.norm2(x)))
