@@ -18,6 +18,7 @@ import os
 
 import grain
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from xvit_jax import trees
@@ -83,6 +84,7 @@ def _write_errors(mngr):
     yield
   except (OSError, ValueError, RuntimeError) as e:
     reason = _first_line(e)
+    logging.set_verbosity(logging.FATAL)  # closing the manager would log the same failure again, at length
     mngr.reload()
     complete = mngr.all_steps()
     raise UserError(f"writing a checkpoint in {mngr.directory} failed: {reason}; the newest complete checkpoint "
