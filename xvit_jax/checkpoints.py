@@ -15,6 +15,8 @@ training from it starts a fresh optimizer at step 0.
 
 import contextlib
 import os
+import sys
+import threading
 
 import grain
 import orbax.checkpoint as ocp
@@ -70,6 +72,13 @@ def close(mngr):
     pass
 
 
+def _quiet_teardown():
+  """The run ends with a one-line error; orbax's abandoned background work (its finalize thread, tensorstore
+  callbacks on a closed event loop) would otherwise print the same failure again as pages of tracebacks."""
+  logging.set_verbosity(logging.FATAL)
+  sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
+
+
 def _first_line(error, limit=400):
   """An exception's first line, its middle cut when long (the start names the file, the end the reason)."""
   line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -84,7 +93,7 @@ def _write_errors(mngr):
     yield
   except (OSError, ValueError, RuntimeError) as e:
     reason = _first_line(e)
-    logging.set_verbosity(logging.FATAL)  # closing the manager would log the same failure again, at length
+    _quiet_teardown()
     mngr.reload()
     complete = mngr.all_steps()
     raise UserError(f"writing a checkpoint in {mngr.directory} failed: {reason}; the newest complete checkpoint "
@@ -140,6 +149,7 @@ def _read_errors(mngr, step, item):
     while e.__cause__ or e.__context__:  # the root cause names the file and what is wrong with it
       e = e.__cause__ or e.__context__
     reason = _first_line(e)
+    _quiet_teardown()
     where = os.path.join(str(mngr.directory), str(step))
     raise UserError(f"checkpoint {where} cannot be read ({item}: {reason}): it is damaged or incomplete; move it "
                     "aside to resume from the one before it") from None

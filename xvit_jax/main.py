@@ -39,7 +39,6 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, mode=_MODE.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.unraisablehook = lambda *_: None  # orbax's abandoned reads would print their tracebacks at exit
     sys.exit(2)
   except train.Preempted as e:
     print(e, flush=True)

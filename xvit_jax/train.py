@@ -170,15 +170,15 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
     _set_params(state, checkpoints.restore_params(ckpt, step, _pure(state["params"])))
     if checkpoints.has_item(ckpt, step, checkpoints.TRAIN):
       state.update(checkpoints.restore_train(ckpt, step, _train_item(state)))
-      data = "no data position saved: the data order restarts"
+      restored, data = False, f"no data position saved: data order reseeded at step {step}"
       if train_batches is not None and checkpoints.has_item(ckpt, step, checkpoints.DATA):
         try:
           checkpoints.restore_data(ckpt, step, train_batches)
-          data = "data stream at the saved position"
+          restored, data = True, "data stream at the saved position"
         except ValueError:  # saved by another number of processes
           data = f"data saved by another number of processes: order reseeded at step {step}"
       writer.print(f"resumed from {ckpt.directory}/{step} ({data})")
-      return state, checkpoints.has_item(ckpt, step, checkpoints.DATA) and data.startswith("data stream")
+      return state, restored
     writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
   elif config.init_from:
     params, report = pretrained.load(config.init_from, config.model, jax.device_get(_pure(state["params"])))
