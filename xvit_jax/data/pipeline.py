@@ -21,20 +21,23 @@ from xvit_jax.data import video
 normalize = video.normalize  # uint8 -> float32 in [-1, 1], the official normalisation
 
 
+def _global_position(position, global_batch, rows):
+  """Position in this process's stream of `rows` (start, stop) of each global batch -> position in the
+  global stream."""
+  lo, hi = rows
+  return (position // (hi - lo)) * global_batch + lo + position % (hi - lo)
+
+
 class _ReadRow:
   """Position in this process's stream -> its example: the record at that global position of the
   shuffled order, through `clip_fn` with an rng seeded by (seed, global position)."""
 
   def __init__(self, source, order, clip_fn, seed, global_batch, rows):
     self.source, self.order, self.clip_fn, self.seed = source, order, clip_fn, seed
-    self.global_batch, (self.lo, self.hi) = global_batch, rows
-
-  def global_position(self, position):
-    per_batch = self.hi - self.lo
-    return (position // per_batch) * self.global_batch + self.lo + position % per_batch
+    self.global_batch, self.rows = global_batch, rows
 
   def __call__(self, position):
-    g = self.global_position(position)
+    g = _global_position(position, self.global_batch, self.rows)
     return self.clip_fn(self.source[self.order[g]], np.random.default_rng([self.seed, g]))
 
 
@@ -56,7 +59,7 @@ def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0):
 def eval_dataset(source, *, global_batch, views_fn, rows=None):
   """One pass over every video, this process's `rows` of each global batch: `views_fn(record)` gives a
   video's views; `views_fn.blank()` pads."""
-  lo, hi = rows or (0, global_batch)
+  rows = rows or (0, global_batch)
   padded_len = math.ceil(len(source) / global_batch) * global_batch
 
   def example(index):
@@ -64,7 +67,7 @@ def eval_dataset(source, *, global_batch, views_fn, rows=None):
       return views_fn.blank()
     return {"bad": np.float32(0), **views_fn(source[index])}
 
-  per_batch = hi - lo
-  positions = lambda i: (i // per_batch) * global_batch + lo + i % per_batch
+  per_batch = rows[1] - rows[0]
+  positions = lambda i: _global_position(i, global_batch, rows)
   ds = grain.MapDataset.range(padded_len // global_batch * per_batch).map(positions).map(example)
   return ds.batch(per_batch)
