@@ -111,18 +111,20 @@ def test_kinetics400_flat_and_per_class_layouts_with_bad_examples_and_resume(tmp
   write_video(m / "val" / "abseiling" / "ggg_000002_000012.mp4")
   write_video(m / "val" / "playing_guitar" / "hhh_000000_000010.mp4", num=10)
   write_video(m / "val" / "skydiving" / "iii_000000_000010.mp4")
+  os.symlink(write_video(tmp_path / "elsewhere" / "lll_000000_000010.mp4"), m / "train" / "lll_000000_000010.mp4")
   header = ["label", "youtube_id", "time_start", "time_end", "split"]
   write_csv(m / "annotations" / "train.csv", header, [
       ["abseiling", "aaa", 0, 10, "train"], ["zumba", "bbb", 5, 15, "train"],
       ["playing guitar", "ccc", 1, 11, "train"], ["abseiling", "ddd", 0, 10, "train"],
       ["zumba", "jjj", 0, 10, "train"], ["zumba", "eee", 0, 10, "train"], ["zumba", "fff", 0, 10, "train"],
-      ["abseiling", "aaa", 0, 10, "train"], ["zumba", "kkk", "soon", 10, "train"]])
+      ["abseiling", "aaa", 0, 10, "train"], ["zumba", "kkk", "soon", 10, "train"],
+      ["zumba", "../../elsewhere/lll", 0, 10, "train"], ["zumba", "lll", 0, 10, "train"]])
   write_csv(m / "annotations" / "validate.csv", header, [
       ["abseiling", "ggg", 2, 12, "validate"], ["playing guitar", "hhh", 0, 10, "validate"],
       ["skydiving", "iii", 0, 10, "validate"]])
 
   output, first = prepare(tmp_path, "kinetics400")
-  assert "kinetics400 train: skipped 6 of 9 examples" in output and "kinetics400: skipped 7 of 12 examples" in output
+  assert "kinetics400 train: skipped 8 of 11 examples" in output and "kinetics400: skipped 9 of 14 examples" in output
   records, info, report = read(tmp_path, "kinetics400")
   assert info.features["label"].names == ["abseiling", "playing guitar", "zumba"]
   train, val = records["train"], records["validation"]
@@ -138,14 +140,15 @@ def test_kinetics400_flat_and_per_class_layouts_with_bad_examples_and_resume(tmp
   assert reasons == {"ddd_000000_000010": "unreadable video", "jjj_000000_000010": "unreadable video",
                      "eee_000000_000010": "empty file", "fff_000000_000010": "missing video",
                      "aaa_000000_000010": "duplicate id", "row10": "bad annotation",
-                     "iii_000000_000010": "unknown label"}
+                     "iii_000000_000010": "unknown label", "../../elsewhere/lll_000000_000010": "unsafe id",
+                     "lll_000000_000010": "outside the manual folder"}  # a symbolic link out of it: never read
   assert report["iii_000000_000010"][0] == "validation" and "skydiving" in report["iii_000000_000010"][2]
   assert "cannot decode video" in report["ddd_000000_000010"][2]
 
   shutil.rmtree(tmp_path / "data" / "kinetics400" / "1.0.0")  # as if the run stopped before writing
   output, second = prepare(tmp_path, "kinetics400")
   assert "kinetics400 train: 5 videos, 5 already done" in output and "0 to encode" in output
-  assert "kinetics400: skipped 7 of 12 examples" in output
+  assert "kinetics400: skipped 9 of 14 examples" in output
   assert second < first
   again = read(tmp_path, "kinetics400")
   assert [sorted(r) for r in again[0].values()] == [sorted(r) for r in records.values()] and again[2] == report
@@ -176,18 +179,20 @@ def test_something_something_v2(tmp_path):
   for i, num in [(1, 12), (2, 9), (5, 12), (7, 12), (8, 6)]:
     write_video(videos / f"{i}.webm", num=num, codec="libvpx-vp9")
   write_bad_files(videos / "1.webm", videos / "3.webm", videos / "9.webm", videos / "4.webm")
+  os.symlink(write_video(tmp_path / "elsewhere" / "10.webm", codec="libvpx-vp9"), videos / "10.webm")
   (m / "something-something-v2-labels.json").write_text(json.dumps({n: str(i) for i, n in enumerate(names)}))
   entry = lambda i, template: {"id": str(i), "label": "x", "template": template, "placeholders": ["x"]}
   train = [entry(1, "Putting [something] on [something]"), entry(2, "Approaching [something] with your camera"),
            entry(3, "Putting [something] on [something]"), entry(4, "Pushing [something] from left to right"),
            entry(5, "Juggling [something]"), entry(6, "Putting [something] on [something]"),
-           entry(1, "Putting [something] on [something]"), {"label": "no id"}]
+           entry(1, "Putting [something] on [something]"), {"label": "no id"},
+           entry("../../elsewhere/10", names[1]), entry(10, names[1])]
   (m / "something-something-v2-train.json").write_text(json.dumps(train))
   (m / "something-something-v2-validation.json").write_text(json.dumps([entry(7, names[2])]))
   (m / "something-something-v2-test.json").write_text(json.dumps([{"id": "8"}]))
 
   output, _ = prepare(tmp_path, "something_something_v2")
-  assert "something_something_v2 train: skipped 6 of 8 examples" in output
+  assert "something_something_v2 train: skipped 8 of 10 examples" in output
   records, info, report = read(tmp_path, "something_something_v2")
   assert info.features["label"].names == names
   labels = {split: {k: r["label"] for k, r in split_records.items()} for split, split_records in records.items()}
@@ -195,7 +200,8 @@ def test_something_something_v2(tmp_path):
   check_video(records["train"]["2"], 9)
   check_video(records["test"]["8"], 6)
   assert {k: v[1] for k, v in report.items()} == {"3": "unreadable video", "4": "empty file", "5": "unknown label",
-                                                 "6": "missing video", "1": "duplicate id", "entry7": "bad annotation"}
+                                                 "6": "missing video", "1": "duplicate id", "entry7": "bad annotation",
+                                                 "../../elsewhere/10": "unsafe id", "10": "outside the manual folder"}
   assert train_smoke(tmp_path, "configs/ssv2.py")[-1]["eval/videos"] == 1
 
 
@@ -206,16 +212,20 @@ def test_epic_kitchens_100_frame_folders_and_videos(tmp_path):
               [[i, f"{kind}{i}", "[]", "x"] for i in range(num)])
   write_frames(m / "P01" / "rgb_frames" / "P01_01", 30)
   write_video(m / "P02" / "videos" / "P02_01.MP4", num=40, height=300, width=400, rate=50)
+  write_frames(tmp_path / "elsewhere" / "P04_01", 10)
+  os.makedirs(m / "P04" / "rgb_frames")
+  os.symlink(tmp_path / "elsewhere" / "P04_01", m / "P04" / "rgb_frames" / "P04_01")
   header = ["narration_id", "participant_id", "video_id", "start_frame", "stop_frame", "verb_class", "noun_class"]
   write_csv(m / "EPIC_100_train.csv", header, [
       ["P01_01_0", "P01", "P01_01", 1, 10, 0, 1], ["P01_01_1", "P01", "P01_01", 11, 30, 3, 299],
       ["P02_01_0", "P02", "P02_01", 5, 14, 96, 0], ["P01_01_2", "P01", "P01_01", 25, 40, 1, 1],
       ["P01_01_3", "P01", "P01_01", 1, 5, 120, 1], ["P01_01_0", "P01", "P01_01", 1, 10, 0, 1],
-      ["P03_01_0", "P03", "P03_01", 1, 10, 0, 1], ["P01_01_4", "P01", "P01_01", 9, 3, 0, 1]])
+      ["P03_01_0", "P03", "P03_01", 1, 10, 0, 1], ["P01_01_4", "P01", "P01_01", 9, 3, 0, 1],
+      ["P01_01_5", "../../elsewhere", "P04_01", 1, 5, 0, 1], ["P04_01_0", "P04", "P04_01", 1, 5, 0, 1]])
   write_csv(m / "EPIC_100_validation.csv", header, [["P01_01_100", "P01", "P01_01", 1, 5, 2, 2]])
 
   output, _ = prepare(tmp_path, "epic_kitchens_100")
-  assert "epic_kitchens_100 train: skipped 5 of 8 examples" in output
+  assert "epic_kitchens_100 train: skipped 7 of 10 examples" in output
   records, info, report = read(tmp_path, "epic_kitchens_100")
   assert info.features["verb"].names[96] == "verb96" and len(info.features["noun"].names) == 300
   train = records["train"]
@@ -228,7 +238,9 @@ def test_epic_kitchens_100_frame_folders_and_videos(tmp_path):
   np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)), [grey(i) for i in range(4, 14)], atol=3)
   assert {k: v[1] for k, v in report.items()} == {
       "P01_01_2": "unreadable video", "P01_01_3": "unknown label", "P01_01_0": "duplicate id",
-      "P03_01_0": "missing video", "row9": "bad annotation"}
+      "P03_01_0": "missing video", "row9": "bad annotation", "row10": "bad annotation",
+      "P04_01_0": "outside the manual folder"}
+  assert "must be plain names" in report["row10"][2]
   assert "missing frames: 10 of 16" in report["P01_01_2"][2]
   last = train_smoke(tmp_path, "configs/epic100.py")[-1]
   assert {"eval/verb_top1", "eval/noun_top1", "eval/top1"} <= set(last) and last["eval/videos"] == 1

@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from flax import nnx
 
 from conftest import REPO
 from xvit_jax import checkpoints, predict
+from xvit_jax.errors import UserError
 from xvit_jax.models import create_model
 
 # configs/demo.py (32 px, 8 px patches, 64 wide, 4 classes, avg consensus), shallower and on 4 frames
@@ -195,3 +197,20 @@ def test_a_mismatched_artifact_or_card_is_one_line(exported, tmp_path):
     result = run_module("xvit_jax.predict", *args, f"--video={tmp_path / 'batch.npy'}")
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and last.startswith("error: ") and message in last, (args, result.stderr[-1000:])
+
+
+def test_a_card_is_data_checked_like_a_config(exported, tmp_path):
+  """A card travels with its artifact from elsewhere: its labels and config are checked before use."""
+  root, _ = exported
+  card = json.loads((root / "model.jaxexport.json").read_text())
+  cases = [("labels", {"0": "a"}, "'labels' must be a list of class names"),
+           ("labels", ["a", "b"], "names 2 classes for a model of 4"),
+           ("config", {**card["config"], "model": {**card["config"]["model"], "attention": "os.system"}},
+            "config.model.attention='os.system' is not allowed"),
+           ("config", {**card["config"], "model": {**card["config"]["model"], "num_frames": "many"}},
+            "config.model.num_frames='many' is not allowed")]
+  for i, (field, value, message) in enumerate(cases):
+    shutil.copy(root / "model.jaxexport", tmp_path / f"{i}.jaxexport")
+    (tmp_path / f"{i}.jaxexport.json").write_text(json.dumps({**card, field: value}))
+    with pytest.raises(UserError, match=r"^model card .*" + re.escape(message)):
+      predict.load_artifact(str(tmp_path / f"{i}.jaxexport"))

@@ -20,6 +20,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax import lax
@@ -158,11 +159,32 @@ def read(path):
   if hashlib.sha256(blob).hexdigest() != (card.get("artifact") or {}).get("sha256"):
     raise UserError(f"model card {card_path(path)} does not match {path}: it describes another artifact "
                     "(sha256 differs); keep each artifact with the card written with it")
+  labels = card.get("labels")
+  if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
+    raise UserError(f"model card {card_path(path)}: 'labels' must be a list of class names")
   try:
     exported = jax.export.deserialize(bytearray(blob))
   except Exception as e:  # noqa: BLE001 - whatever the deserializer finds wrong, the file is the user's to fix
     raise UserError(f"cannot read {path} as a jax.export artifact: {' '.join(str(e).split())}") from None
   return exported, card
+
+
+def card_config(card, where):
+  """The config a model card (already matched to its artifact by `read`) was written with, checked as a run's
+  config is: a card is a file from elsewhere, so a value no run could use is one line naming it."""
+  if not isinstance(card.get("config"), dict):
+    raise UserError(f"model card {where} has no config")
+  try:
+    config = ml_collections.ConfigDict(card["config"])
+    config_lib.check(config, num_devices=1)
+  except UserError as e:
+    raise UserError(f"model card {where}: {e}") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise UserError(f"model card {where} has a config that cannot be used: {' '.join(str(e).split())}") from None
+  if len(card["labels"]) != config.model.num_classes:
+    raise UserError(f"model card {where} names {len(card['labels'])} classes for a model of "
+                    f"{config.model.num_classes}")
+  return config
 
 
 def check_fits(exported, config, path):

@@ -25,7 +25,6 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 from absl import flags
 from flax import nnx
@@ -65,7 +64,7 @@ def load_artifact(path, config=None):
   the card's unless `config` is given, which must then describe the same model."""
   exported, card = export.read(path)
   if config is None:
-    config = ml_collections.ConfigDict(card["config"])
+    config = export.card_config(card, export.card_path(path))
   export.check_fits(exported, config, path)
   forward = jax.jit(exported.call)
   return _checked(forward, export.input_shape(config)), config, card["labels"]
@@ -97,15 +96,14 @@ def read_input(config, path):
   if path.endswith(".npy"):
     if not os.path.isfile(path):
       raise UserError(f"input {path} does not exist")
-    try:
-      array = np.load(path, allow_pickle=False)
+    try:  # mapped, not read: a header claiming more than the file holds fails here, before any allocation
+      array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - an unreadable file is the user's to fix
-      raise UserError(f"cannot read {path} as .npy: {e}") from None
-    if array.ndim == 4:
-      array = array[None]
-    if array.dtype != np.float32:
-      raise UserError(f"{path} holds {array.dtype}; a preprocessed input must be float32 in [-1, 1]")
-    return array, False
+      raise UserError(f"cannot read {path} as .npy: {' '.join(str(e).split())}") from None
+    if array.dtype != np.float32 or array.ndim not in (4, 5):
+      raise UserError(f"{path} holds {array.dtype} of shape {array.shape}; a preprocessed input must be float32 "
+                      "(T, H, W, 3) or (B, T, H, W, 3) in [-1, 1]")
+    return np.array(array[None] if array.ndim == 4 else array), False
   return video_views(config, path), True
 
 
@@ -141,6 +139,7 @@ def run(config, checkpoint, path, top_k=5, logits_out=None, artifact=None):
 def _stream(path):
   """Yields the frames per second of the first video stream, then its frames (RGB uint8), decoding as it goes."""
   import av  # pylint: disable=import-outside-toplevel
+  from xvit_jax.data import video  # pylint: disable=import-outside-toplevel
 
   def fail(reason):
     return UserError(f"cannot decode video {path}: {' '.join(str(reason).split())}")
@@ -150,12 +149,15 @@ def _stream(path):
       if not container.streams.video:
         raise fail("no video stream")
       stream = container.streams.video[0]
+      video.check_stream(stream, fail)
       stream.thread_type = "AUTO"
       fps = float(stream.average_rate or stream.guessed_rate or 0)
       if fps <= 0:
         raise fail("no frame rate")
       yield fps
       for frame in container.decode(stream):
+        if frame.width * frame.height > video.MAX_FRAME_PIXELS:
+          raise fail(f"a frame of {frame.width}x{frame.height} pixels, over the limit of {video.MAX_FRAME_PIXELS:,}")
         yield frame.to_ndarray(format="rgb24")
   except UserError:
     raise

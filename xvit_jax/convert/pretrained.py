@@ -11,6 +11,8 @@ not loaded keeps its fresh initialisation, and the report says which.
 """
 
 import os
+import pickle
+import re
 
 import jax
 import numpy as np
@@ -31,19 +33,40 @@ def read_weights(path):
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
       raise UserError(f"cannot read {path} as .npz: {e}") from None
   if path.endswith((".pth", ".pt", ".bin")):
-    try:
-      import torch
-    except ImportError:
-      raise UserError(f"reading {path} needs torch: pip install -r requirements-torch.txt "
-                      "(or save the state dict as .npz)") from None
-    try:
-      data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-      raise UserError(f"cannot read {path} with torch.load: {e}") from None
-    state = official.unwrap(data)
+    state = official.unwrap(read_torch(path))
     return {k: v.detach().float().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in state.items()
             if hasattr(v, "shape")}
   raise UserError(f"unknown weights format {path}: expected .npz, .pth or a checkpoint directory")
+
+
+def _numpy_data_types():
+  """numpy's scalar, dtype and array reconstructors: they build data from bytes and call nothing else, and
+  some PyTorch checkpoints hold numpy numbers (an epoch, a best accuracy) beside the tensors."""
+  from numpy._core import multiarray  # pylint: disable=import-outside-toplevel
+  dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+  return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]  # pylint: disable=protected-access
+
+
+def read_torch(path):
+  """The object in a PyTorch file (.pth/.pt/.bin), read as data only: tensors, numbers, strings, lists, dicts
+  (and numpy numbers and arrays), never an object whose loading runs code. torch's `weights_only` unpickler
+  refuses any other global a file names (os.system, a model class, ...) before calling anything: such a
+  file is refused in one line (UserError) naming it and the global. Needs torch (requirements-torch.txt)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError(f"reading {path} needs torch: pip install -r requirements-torch.txt "
+                    "(or save the state dict as .npz)") from None
+  try:
+    with torch.serialization.safe_globals(_numpy_data_types()):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    needs = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"[Uu]nsupported (\w[^\n.]*)", str(e))
+    what = f"it needs {needs.group(1)}" if needs else " ".join(str(e).split())[:200]
+    raise UserError(f"refusing {path}: loading it would run code ({what}); weights files are read as data only "
+                    "(tensors, numbers, strings, lists, dicts)") from None
+  except Exception as e:  # noqa: BLE001 - a damaged or foreign file is the user's to fix
+    raise UserError(f"cannot read {path} with torch.load: {' '.join(str(e).split())[:300]}") from None
 
 
 def google_vit_to_official_keys(weights):

@@ -15,14 +15,36 @@ import numpy as np
 from xvit_jax.errors import UserError
 
 
+# Limits on what a video's header may claim, checked before decoding (files from the internet are data: a
+# forged header must not make us allocate what it says). 8192 x 8192 is over 8K UHD (7680 x 4320); a million
+# frames is over 9 hours at 30 fps; a whole-video decode keeps every frame, so it has a budget in bytes
+# (a 10 s Kinetics clip at 1080p is 1.9 GB, one at 256 px 24 MB); long videos are streamed (predict --stride).
+MAX_FRAME_PIXELS = 8192 * 8192
+MAX_FRAMES = 1_000_000
+MAX_DECODED_BYTES = 8 << 30
+
+
+def check_stream(stream, fail):
+  """Raises fail(reason) if a video stream's header claims a frame larger than MAX_FRAME_PIXELS or more than
+  MAX_FRAMES frames. Returns (width, height, claimed frames: 0 when the container does not say)."""
+  width, height = stream.codec_context.width, stream.codec_context.height
+  if width * height > MAX_FRAME_PIXELS:
+    raise fail(f"its header claims frames of {width}x{height} pixels, over the limit of {MAX_FRAME_PIXELS:,}")
+  claimed = max(stream.frames or 0, 0)
+  if claimed > MAX_FRAMES:
+    raise fail(f"its header claims {claimed:,} frames, over the limit of {MAX_FRAMES:,}")
+  return width, height, claimed
+
+
 def decode(path_or_bytes, *, name=None):
   """All frames of the first video stream as RGB uint8 (N, H, W, 3).
 
   `path_or_bytes` is a path (str or os.PathLike) or the encoded file (bytes); `name` replaces the path in
   error messages (e.g. the record a byte string came from). Every failure (missing file, not a video,
-  corrupt or truncated data, no decodable frame) raises UserError with one line naming the video.
-  A file cut short after its first frames can decode to fewer frames without error (the container
-  cannot always tell); that is not detected here.
+  corrupt or truncated data, no decodable frame, a header claiming more than the limits above, frames
+  that would take more than MAX_DECODED_BYTES) raises UserError with one line naming the video, before
+  the memory is taken. A file cut short after its first frames can decode to fewer frames without error
+  (the container cannot always tell); that is not detected here.
   """
   if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
     source, label = io.BytesIO(bytes(path_or_bytes)), name or f"<{len(path_or_bytes)} bytes>"
@@ -32,13 +54,27 @@ def decode(path_or_bytes, *, name=None):
   def fail(reason):
     return UserError(f"cannot decode video {label}: {' '.join(str(reason).split())}")
 
+  def over_budget(frames, width, height):
+    return fail(f"{frames:,} frames of {width}x{height} pixels take {frames * width * height * 3 / 2**30:.3g} GiB "
+                f"decoded, over the limit of {MAX_DECODED_BYTES / 2**30:.3g} GiB for a whole video")
+
   try:
     with av.open(source, mode="r") as container:
       streams = container.streams.video
       frames = []
       if streams:
+        width, height, claimed = check_stream(streams[0], fail)
+        if claimed * width * height * 3 > MAX_DECODED_BYTES:
+          raise over_budget(claimed, width, height)
         streams[0].thread_type = "AUTO"
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(streams[0])]
+        used = 0
+        for frame in container.decode(streams[0]):
+          used += frame.width * frame.height * 3
+          if frame.width * frame.height > MAX_FRAME_PIXELS or used > MAX_DECODED_BYTES:
+            raise over_budget(len(frames) + 1, frame.width, frame.height)
+          frames.append(frame.to_ndarray(format="rgb24"))
+  except UserError:
+    raise
   except av.FFmpegError as e:
     raise fail(e.strerror or e) from None
   except (OSError, EOFError, ValueError) as e:  # raised by Python file objects and numpy conversion

@@ -3,7 +3,8 @@
 A dataset subclass only reads its annotations (`read_annotations`): per split a list of `Example`s
 (id, labels, where the video is and how to load it) and the class names of each label feature. This
 class skips what cannot be used (bad annotation rows, missing or empty videos, unknown labels,
-duplicate ids, videos that fail to decode), encodes the rest over `workers` processes into a work
+duplicate ids, ids that are not plain names, videos that resolve outside the manual folder through
+`..` or a symbolic link, videos that fail to decode or claim absurd sizes), encodes the rest over `workers` processes into a work
 folder that a rerun reuses (<data_dir>/<name>/work/<version>/<split>/), writes the skipped ones to
 <data_dir>/<name>/<version>/bad_examples.tsv and prints "<name> <split>: skipped N of M examples: ...".
 The work folder is keyed by VERSION: bump it when the stored format (common.py) changes.
@@ -20,6 +21,17 @@ import tensorflow_datasets as tfds
 from xvit_jax.data.builders import common
 
 REPORT = "bad_examples.tsv"
+
+
+def plain_name(name):
+  """Whether an annotation's id (or a path part built from one) is a plain name: no separator, not . or ..;
+  annotations come from the internet, and an id such as ../../etc/passwd must not become a path."""
+  return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
+
+
+def inside(path, root):
+  """Whether `path`, with every symbolic link resolved, lies in the folder `root` (already resolved)."""
+  return os.path.commonpath([os.path.realpath(path), root]) == root
 
 
 @dataclasses.dataclass
@@ -53,7 +65,7 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """workers: encoding processes (default: all cores). Other arguments go to tfds."""
     self.workers = max(1, workers or os.cpu_count() or 1)
     self.report = None
-    self._max_examples, self._index = None, {}
+    self._max_examples, self._index, self._manual_root = None, {}, None
     super().__init__(**kwargs)
 
   @abc.abstractmethod
@@ -78,6 +90,7 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     print(f"{self.report.summary()}; report: {final}", flush=True)
 
   def _split_generators(self, dl_manager):
+    self._manual_root = os.path.realpath(dl_manager.manual_dir)
     splits, names = self.read_annotations(os.fspath(dl_manager.manual_dir))
     for feature, label_names in names.items():
       self.info.features[feature].names = label_names
@@ -102,11 +115,16 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """(labels, None) for a usable example, else (None, (reason, detail))."""
     if example.error:
       return None, example.error
+    if not plain_name(example.id):
+      return None, ("unsafe id", f"{example.id!r} is not a plain name: as a path it would leave the manual folder")
     if example.id in seen:
       return None, ("duplicate id", "the id appears earlier in this split")
     labels, error = self._labels(example)
     if error:
       return None, error
+    if example.source is not None and not inside(example.source, self._manual_root):
+      return None, ("outside the manual folder", f"{example.source} resolves to {os.path.realpath(example.source)},"
+                    f" outside {self._manual_root} (copy or bind-mount the videos into --manual_dir)")
     if example.source is None or not os.path.exists(example.source):
       return None, ("missing video", example.missing or example.source)
     if os.path.isfile(example.source) and os.path.getsize(example.source) == 0:

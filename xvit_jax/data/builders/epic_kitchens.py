@@ -54,6 +54,9 @@ def load_frames(folder, start, stop, rate):
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise UserError(f"missing frames: {len(missing)} of {len(paths)}, first {missing[0]}")
+  outside = [p for p in paths if not base.inside(p, os.path.realpath(folder))]
+  if outside:
+    raise UserError(f"{outside[0]} resolves to {os.path.realpath(outside[0])}, outside its frame folder")
   frames = [video.decode(p)[0] for p in paths]
   if len({f.shape for f in frames}) > 1:
     raise UserError(f"frame size changes within {folder} frames {start}-{stop}")
@@ -65,6 +68,7 @@ def load_segment(path, start, stop):
   try:
     with av.open(os.fspath(path)) as container:
       stream = container.streams.video[0]
+      video.check_stream(stream, lambda reason: UserError(f"cannot decode video {path}: {reason}"))
       stream.thread_type = "AUTO"
       rate, time_base = stream.average_rate or Fraction(DEFAULT_FPS), stream.time_base
       first = stream.start_time or 0
@@ -79,6 +83,8 @@ def load_segment(path, start, stop):
         if index >= start:
           height, width = common.target_size(frame.height, frame.width)
           frames.append(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA"))
+  except UserError:
+    raise
   except (av.FFmpegError, OSError, IndexError, ValueError) as e:
     raise UserError(f"cannot decode video {path}: {' '.join(str(e).split())}") from None
   if not frames:
@@ -121,8 +127,10 @@ class EpicKitchens100(base.VideoBuilder):
       narration_id, participant, video_id = (row[k].strip() for k in ("narration_id", "participant_id", "video_id"))
       start, stop = int(row["start_frame"]), int(row["stop_frame"])
       labels = {"verb": int(row["verb_class"]), "noun": int(row["noun_class"])}
-      if not narration_id or start < 1 or stop < start:
+      if not narration_id or start < 1 or stop < start or stop - start >= video.MAX_FRAMES:
         raise ValueError(f"frames {start}-{stop}" if narration_id else "empty narration_id")
+      if not (base.plain_name(participant) and base.plain_name(video_id)):
+        raise ValueError(f"participant_id {participant!r} and video_id {video_id!r} must be plain names")
     except (KeyError, ValueError, TypeError, AttributeError) as e:
       return base.Example(id=f"row{i + 2}", labels={}, error=("bad annotation", f"line {i + 2}: {e!r}"))
     frames = os.path.join(root, participant, "rgb_frames", video_id)
