@@ -182,3 +182,10 @@ def test_an_npy_whose_header_claims_more_than_the_file_holds_allocates_nothing(t
   np.save(tmp_path / "clip.npy", np.ones((4, 16, 16, 3), np.float32))
   clips, fuse = predict.read_input(tiny_config(), str(tmp_path / "clip.npy"))
   assert clips.shape == (1, 4, 16, 16, 3) and isinstance(clips, np.ndarray) and not fuse
+
+
+def test_an_npz_with_python_objects_is_refused(tmp_path):
+  np.savez(tmp_path / "w.npz", w=np.zeros(2, np.float32), evil=np.array([RunsCode(tmp_path / "M")], dtype=object))
+  with pytest.raises(UserError, match=r"^cannot read .*w.npz as .npz: .*allow_pickle=False"):
+    pretrained.read_weights(str(tmp_path / "w.npz"))
+  assert not (tmp_path / "M").exists()
