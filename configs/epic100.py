@@ -9,16 +9,16 @@ AutoAugment, flip; 2 x 3 test views.
 
 from xvit_jax import config_lib
 
+common = config_lib.import_file("common.py", next_to=__file__)
+
 
 def get_config(arg="16"):
   """arg: frames (8 or 16), or "smoke" for a 3-step run of a tiny model on a tiny prepared dataset."""
   if arg == "smoke":
-    return config_lib.smoke(get_config("8"))
+    return common.smoke(get_config("8"))
   frames = int(arg)
-  c = config_lib.paper_recipe("epic_kitchens_100", num_classes=97 + 300, frames=frames,
-                              steps_per_epoch=67_000 // 64, epochs=50)
-  c.model.shift_segment, c.model.shift_div = frames, 4
-  c.data.label_heads = "verb:97,noun:300"
+  c = common.paper_recipe("epic_kitchens_100", frames=frames, steps_per_epoch=67_000 // 64, epochs=50)
+  c.model.shift_segment, c.model.shift_div = frames, 4  # verb:97,noun:300 heads: xvit_jax/data/registry.py
   c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.3
   c.augment.mixup, c.augment.multiscale_crop, c.augment.flip, c.augment.random_erasing = 0.0, False, 0.5, 0.5
   c.data.sampling = "segment"

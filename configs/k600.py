@@ -6,10 +6,12 @@ xvit_b16_16_k600.pth was trained this way; configs/official/k600_xvit_b16.py eva
 
 from xvit_jax import config_lib
 
+common = config_lib.import_file("common.py", next_to=__file__)
+k400 = config_lib.import_file("k400.py", next_to=__file__)
+
 
 def get_config(arg="16"):
   """arg: frames (8 or 16), or "smoke" for a 3-step run of a tiny model on a tiny prepared dataset."""
   if arg == "smoke":
-    return config_lib.smoke(get_config("8"))
-  # about 390k training videos
-  return config_lib.kinetics_recipe("kinetics600", num_classes=600, frames=int(arg), train_videos=390_000)
+    return common.smoke(get_config("8"))
+  return k400.kinetics("kinetics600", frames=int(arg), train_videos=390_000)  # about 390k training videos

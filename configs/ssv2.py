@@ -11,16 +11,16 @@ code trains with plain cross-entropy; the paper's LR 0.05 at batch 128 is 0.03 a
 
 from xvit_jax import config_lib
 
+common = config_lib.import_file("common.py", next_to=__file__)
+
 
 def get_config(arg="16"):
   """arg: frames (8 or 16), or "smoke" for a 3-step run of a tiny model on a tiny prepared dataset."""
   if arg == "smoke":
-    return config_lib.smoke(get_config("8"))
+    return common.smoke(get_config("8"))
   frames = int(arg)
-  c = config_lib.paper_recipe("something_something_v2", num_classes=174, frames=frames,
-                              steps_per_epoch=169_000 // 64, epochs=35)
+  c = common.paper_recipe("something_something_v2", frames=frames, steps_per_epoch=169_000 // 64, epochs=35)
   c.model.shift_segment, c.model.shift_div = frames, 4
-  c.data.label_names = "something_something_v2"
   c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.0
   c.augment.mixup, c.augment.multiscale_crop, c.augment.flip, c.augment.random_erasing = 0.0, False, 0.0, 0.5
   c.data.sampling = "segment"

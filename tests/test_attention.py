@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from official_numpy import shift_official
-from xvit_jax.models.attention import dot_product_attention, space_time_mix, summaries
+from xvit_jax.models.attention import Attention, dot_product_attention, space_time_mix, summaries
 
 
 def source_frames(t, n, c, **kwargs):
@@ -60,6 +61,10 @@ def test_wider_temporal_window_takes_channels_from_two_frames_away():
 def test_zero_fold_is_identity():
   x = jax.random.normal(jax.random.key(0), (2, 4, 3, 8))
   np.testing.assert_array_equal(space_time_mix(x, fold=0, segment=4), x)
+  attention = Attention(8, 2, rngs=nnx.Rngs(0))  # through the layer: mixing 0 channels is no mixing
+  unmixed = attention(x)
+  np.testing.assert_array_equal(attention(x, mix=(0, 4, 1)), unmixed)
+  assert not np.allclose(attention(x, mix=(2, 4, 1)), unmixed, atol=1e-4)  # 2 channels per neighbour do mix
 
 
 def test_summaries_are_spatial_means():

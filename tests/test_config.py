@@ -1,12 +1,19 @@
-"""Start-up checks: every bad value stops the run with one line naming the field."""
+"""Configs: every shipped config and preset loads (as main loads it) with the values it always had and
+passes the start-up checks; every bad value, unknown field or missing file stops a command in one line."""
 
+import glob
+import json
+import os
 import subprocess
 import sys
 
 import pytest
+from absl import flags
+from ml_collections import config_dict, config_flags
 
 from conftest import REPO, tiny_config
-from xvit_jax import config_lib
+from xvit_jax import config_lib, labels
+from xvit_jax.data import label_heads, registry
 from xvit_jax.errors import UserError
 
 BAD = [
@@ -62,7 +69,7 @@ def test_bad_values_are_named_in_one_line(overrides, culprit, allowed):
   assert culprit in message and allowed in message
 
 
-def test_the_shipped_configs_pass():
+def test_the_defaults_and_the_tiny_test_config_pass():
   config_lib.check(tiny_config(), num_devices=4)
   config_lib.check(config_lib.base_config(), num_devices=8)
 
@@ -76,3 +83,153 @@ def test_main_prints_one_line_and_exits_2(tmp_path):
   assert lines[-1] == ("error: config.model.attention='fancy' is not allowed: one of xvit, spatial, joint, divided")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def run(module, *args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+
+
+def assert_one_line_exit_2(result, expected):
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_an_unknown_field_is_named_with_the_nearest_ones(tmp_path):
+  result = run("xvit_jax.main", "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.model.num_head=2")
+  assert_one_line_exit_2(result, "error: --config.model.num_head=2: configs/demo.py has no field config.model.num_head;"
+                         " nearest: config.model.num_heads, config.model.head, config.model.num_layers")
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+  result = run("xvit_jax.main", "--config=configs/no_such.py", f"--workdir={tmp_path}")
+  assert_one_line_exit_2(result,
+                         f"error: --config=configs/no_such.py: there is no config file {REPO}/configs/no_such.py")
+
+
+def test_the_tools_name_unknown_fields_and_missing_files_too(tmp_path):
+  demo = f"{REPO}/configs/demo.py"
+  result = run("xvit_jax.tools.export", f"--config={demo}", "--checkpoint=x", f"--output={tmp_path}/a",
+               "--config.optimizer.lr=1", cwd=tmp_path)
+  assert_one_line_exit_2(result, f"error: --config.optimizer.lr=1: {demo} has no field config.optimizer.lr; nearest: "
+                         "config.optimizer.learning_rate, config.optimizer.warmup_start_lr, config.optimizer.nesterov")
+  result = run("xvit_jax.predict", "--config=k400.py:8", "--checkpoint=x", "--video=v.mp4", cwd=tmp_path)
+  assert_one_line_exit_2(result, f"error: --config=k400.py:8: there is no config file {tmp_path}/k400.py")
+
+
+# ------------------------------------------------------------------------------------------ shipped configs
+
+SNAPSHOT = os.path.join(os.path.dirname(__file__), "data", "config_snapshot.json")
+SHIPPED = sorted(os.path.relpath(p, REPO) for p in glob.glob(f"{REPO}/configs/**/*.py", recursive=True)
+                 if not p.endswith("/common.py"))  # common.py: the shared base, not a config
+
+
+def load(spec, *, cwd):
+  """`spec` (path[:arg]) loaded as main loads --config (ml_collections' config flag, absl parsing), in `cwd`."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, sys_argv=["main"])
+  here = os.getcwd()
+  os.chdir(cwd)
+  try:
+    flag_values(["main", f"--config={spec}"])
+    return flag_values.config
+  finally:
+    os.chdir(here)
+
+
+def leaves(config, prefix=""):
+  """{"model.num_frames": [value, type], ...}: every field's value (tuples as lists) and declared type."""
+  out = {}
+  for key in config.keys():
+    value, field = config[key], config._fields[key]  # pylint: disable=protected-access
+    if isinstance(value, config_dict.ConfigDict):
+      out.update(leaves(value, f"{prefix}{key}."))
+    else:
+      kind = field.get_type() if isinstance(field, config_dict.FieldReference) else type(value)
+      out[prefix + key] = [list(value) if isinstance(value, tuple) else value, kind.__name__]
+  return out
+
+
+def test_every_shipped_config_is_in_the_snapshot():
+  with open(SNAPSHOT) as f:
+    specs = json.load(f)
+  assert sorted({spec.split(":")[0] for spec in specs} - {"base_config"}) == SHIPPED
+
+
+@pytest.mark.parametrize("spec", [s for s in json.load(open(SNAPSHOT)) if s != "base_config"])
+def test_configs_and_presets_keep_their_values_from_any_directory(spec, tmp_path):
+  """tests/data/config_snapshot.json: every field of every config and preset, written from the code before
+  the recipes moved from xvit_jax/config_lib.py to configs/ (and the sections to their modules)."""
+  with open(SNAPSHOT) as f:
+    expected = json.load(f)[spec]
+  assert leaves(load(f"{REPO}/{spec}", cwd=tmp_path)) == expected  # an absolute path, elsewhere
+  assert leaves(load(spec, cwd=REPO)) == expected  # the README's relative path, from the checkout
+
+
+def test_base_config_keeps_its_fields():
+  with open(SNAPSHOT) as f:
+    assert leaves(config_lib.base_config()) == json.load(f)["base_config"]
+
+
+def test_a_config_loads_from_the_filesystem_root():
+  assert load(f"{REPO}/configs/official/ssv2_xvit_b16.py", cwd="/").model.shift_segment == 16
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_config_passes_the_checks(path):
+  config_lib.check(load(path, cwd=REPO), num_devices=8)
+
+
+def test_paper_settings():
+  k400, k400_8, ssv2 = (load(spec, cwd=REPO) for spec in ("configs/k400.py", "configs/k400.py:8", "configs/ssv2.py"))
+  assert (k400.model.num_frames, k400.model.shift_segment, k400.model.shift_div) == (16, 8, 8)
+  assert (k400_8.model.num_frames, k400_8.model.shift_segment) == (8, 8)
+  assert (k400.augment.mixup, k400.optimizer.label_smoothing, k400.augment.flip) == (0.4, 0.3, 0.5)
+  assert (ssv2.model.shift_segment, ssv2.model.shift_div) == (16, 4)
+  assert (ssv2.augment.flip, ssv2.augment.random_erasing) == (0.0, 0.5)
+  assert ssv2.eval.temporal_views * ssv2.eval.spatial_crops == 6
+  assert k400.total_steps == 30 * (240_000 // 64) and k400.optimizer.warmup_steps == 5 * (240_000 // 64)
+
+
+@pytest.mark.parametrize("name", ["k400", "k600", "ssv2", "epic100"])
+def test_smoke_presets_are_tiny_and_valid(name):
+  c = load(f"configs/{name}.py:smoke", cwd=REPO)
+  config_lib.check(c, num_devices=1)
+  assert c.model.hidden_size == 32 and c.total_steps == 3 and c.data.name != "synthetic"
+
+
+# ------------------------------------------------------------------------------ datasets and label heads
+
+def test_label_heads_and_their_logit_columns():
+  epic = load("configs/epic100.py", cwd=REPO)
+  heads, bounds = label_heads(epic)
+  assert heads == [("verb", 97), ("noun", 300)] and list(bounds) == [0, 97, 397]
+  heads, bounds = label_heads(tiny_config())
+  assert heads == [("label", 3)] and list(bounds) == [0, 3]
+  epic.unlock().data.label_heads = "verb:97,noun"
+  with pytest.raises(UserError, match=r"config.data.label_heads='verb:97,noun' is not allowed: comma-separated"):
+    label_heads(epic)
+
+
+@pytest.mark.parametrize("name", registry.PREPARED)
+def test_the_registry_names_each_builder_with_its_label_fields(name):
+  builder = registry.builder(name)
+  heads, _ = label_heads(registry.apply_defaults(config_lib.base_config(), name))
+  assert builder.name == name
+  assert tuple(field for field, _ in heads) == builder.LABEL_FEATURES
+  assert getattr(builder, "NUM_CLASSES", registry.DATASETS[name].num_classes) == registry.DATASETS[name].num_classes
+
+
+@pytest.mark.parametrize("name", labels.DATASETS)
+def test_shipped_class_names_match_the_registry(name):
+  assert registry.DATASETS[name].label_names
+  assert len(labels.names(name)) == registry.DATASETS[name].num_classes
+
+
+def test_checking_a_config_does_not_import_tensorflow_datasets():
+  code = ("import sys; from xvit_jax import config_lib; from xvit_jax.data import registry;"
+          "c = registry.apply_defaults(config_lib.base_config(), 'epic_kitchens_100'); config_lib.check(c, 8);"
+          "print(sorted(m for m in sys.modules if m.startswith('tensorflow')))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "[]"

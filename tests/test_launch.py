@@ -402,16 +402,14 @@ for _ in $(seq 300); do sleep 0.1; done
 
 # ---------------------------------------------------------------------------------------------- Colab
 
-TINY_OFFICIAL_CONFIG = '''"""The released Kinetics-600 model's config, shrunk: 2 layers of width 32 on 32x32 frames."""
+TINY_OFFICIAL_CONFIG = f'''"""The released Kinetics-600 model's config, shrunk: 2 layers of width 32 on 32x32 frames."""
 from xvit_jax import config_lib
 
 
 def get_config():
-  c = config_lib.official_xvit_b16(num_classes=600, shift_segment=8, shift_div=8)
+  c = config_lib.import_file("{REPO}/configs/official/k600_xvit_b16.py", next_to=__file__).get_config()
   m = c.model
   m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers, m.patch_size, m.image_size = 32, 4, 128, 2, 8, 32
-  c.data.label_names = "kinetics600"
-  c.eval.sampling, c.eval.stride, c.eval.temporal_views = "dense", 16, 1
   return c
 '''
 

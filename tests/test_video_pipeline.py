@@ -9,7 +9,7 @@ from flax import nnx
 
 from conftest import tiny_config
 from xvit_jax import evaluate, sharding
-from xvit_jax.data import pipeline, sources
+from xvit_jax.data import label_heads, pipeline, sources
 from xvit_jax.models import create_model
 
 
@@ -83,7 +83,7 @@ def test_epic_style_verb_and_noun_heads():
   model = create_model(cfg.model)
   graphdef, params = nnx.split(model)
   mesh = sharding.make_mesh()
-  results = evaluate.evaluate(evaluate.make_eval_step(graphdef, [("verb", 2), ("noun", 3)]), params,
+  results = evaluate.evaluate(evaluate.make_eval_step(graphdef, label_heads(cfg)), params,
                               list(pipeline.eval_dataset(source, global_batch=4, views_fn=views)),
                               lambda b: sharding.global_batch(mesh, b))
   fused = {r["id"]: np.asarray(model(views(r)["video"])).sum(0) for r in source if r["id"] != "broken"}

@@ -174,7 +174,7 @@ def input_speed(preset, frames, clips, model_clips_per_s):
   """Clips/s per worker of (a) the synthetic task and (b) an encoded 300-frame 320x256 h264 mp4 under the
   Kinetics recipe (dense 16x16, multi-scale crop, flip, AutoAugment), and the workers the model needs."""
   synthetic_cfg = make_config(preset, "xvit", frames)
-  kinetics = config_lib.kinetics_recipe("kinetics400", num_classes=400, frames=frames, train_videos=240_000)
+  kinetics = config_lib.import_file("../configs/k400.py", next_to=__file__).get_config(str(frames))
   kinetics.model.image_size = synthetic_cfg.model.image_size
   mp4 = {"video": encoded_clip(), "label": 0, "id": "clip.mp4"}
   rates = {}
@@ -202,7 +202,8 @@ def official_comparison(preset, steps):
   except ImportError:
     return None
   torch.set_num_threads(os.cpu_count())
-  c = config_lib.official_xvit_b16(num_classes=400, shift_segment=8, shift_div=4)
+  common = config_lib.import_file("../configs/common.py", next_to=__file__)
+  c = common.official_xvit_b16(num_classes=400, shift_segment=8, shift_div=4)
   c.model.update({**PRESETS[preset]["model"], "num_frames": 8})
   params = nnx.to_pure_dict(nnx.state(create_model(c.model), nnx.Param))  # seed 0, as forward() builds it
   reference = official_torch.OfficialXViT(official.export_state_dict(params, c.model), num_segments=8, shift_div=4,

@@ -2,9 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+
+from xvit_jax import fields
 
 
 def _joint_log_probs(logits, bounds):
@@ -16,13 +19,14 @@ def _joint_log_probs(logits, bounds):
   return joint
 
 
-def make_eval_step(graphdef, heads=None):
+def make_eval_step(graphdef, label_heads=None):
   """jit'd (params, batch) -> sums over the batch's videos: "loss", "top1", "top5", "count", "skipped",
   and with several label heads (EPIC) "<head>_top1" / "<head>_top5" for each, "top1"/"top5" then being
   the action: every head right (top-5 over the joint scores, as the EPIC action metric).
 
-  batch["video"] is (B, views, T, H, W, 3): the views' logits are summed per video (the official fusion)."""
-  bounds = None if heads is None else np.cumsum([0] + [size for _, size in heads])
+  batch["video"] is (B, views, T, H, W, 3): the views' logits are summed per video (the official fusion).
+  label_heads: (heads, bounds) as xvit_jax.data.label_heads gives them; None: one head."""
+  heads, bounds = label_heads or (None, None)
 
   @jax.jit
   def eval_step(params, batch):
@@ -62,3 +66,26 @@ def evaluate(eval_step, params, batches, to_global):
   names = ["top1", "top5"] + sorted(set(totals) - {"top1", "top5", "count", "skipped"})
   results = {f"eval/{name}": totals[name] / count for name in names}
   return {**results, "eval/videos": totals["count"], "eval/skipped": totals["skipped"]}
+
+
+def default_config():
+  """The `eval` section: how a whole video becomes views (predict, video evaluation)."""
+  e = ml_collections.ConfigDict()
+  e.sampling = "dense"  # dense: num_frames every `stride` frames (Kinetics) | segment: one per segment (SSv2)
+  e.stride = 16  # dense sampling: source frames between two sampled frames
+  e.temporal_views = 1  # clips per video; logits are summed over all views
+  e.spatial_crops = 3  # 3: left/centre/right (or top/centre/bottom) crops of the short-side-resized video; 1: centre
+  return e
+
+
+def check_config(config):
+  """UserError naming the field for an `eval` value the views could not use."""
+  e = config.eval
+  fields.one_of(config, "eval.sampling", ("dense", "segment"))
+  if e.spatial_crops not in (1, 3):
+    fields.fail("eval.spatial_crops", e.spatial_crops, "1 or 3")
+  max_views = 3 if e.sampling == "segment" else 1_000
+  if not 1 <= e.temporal_views <= max_views:
+    fields.fail("eval.temporal_views", e.temporal_views, f"an integer in 1..{max_views} for {e.sampling} sampling")
+  if e.stride <= 0:
+    fields.fail("eval.stride", e.stride, "a positive integer")

@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from xvit_jax import checkpoints, config_lib
+from xvit_jax import checkpoints
+from xvit_jax.data import label_heads
 from xvit_jax.errors import UserError
 
 FORMAT = "xvit_jax.export/1"
@@ -113,7 +114,7 @@ def model_card(config, exported, blob, *, names, checkpoint, step, metrics, weig
               "compute_dtype": config.dtype, "platforms": list(exported.platforms), "jax": jax.__version__,
               "input": {"shape": ["b", *input_shape(config)], "dtype": "float32"},
               "output": {"shape": ["b", m.num_classes], "dtype": "float32", "values": "logits",
-                         "heads": [list(head) for head in config_lib.label_heads(config)]}}
+                         "heads": [list(head) for head in label_heads(config)[0]]}}
   if float32_bytes is not None:
     artifact["float32_bytes"] = float32_bytes
   preprocessing = {

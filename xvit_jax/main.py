@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xvit_jax.errors import UserError
+from xvit_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), optionally 'file.py:arg'.",
                                           lock_config=True)
@@ -38,12 +39,11 @@ def main(argv):
       print(f"multi-host: {joined}", flush=True)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, mode=_MODE.value)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.exit_with(e)
   except train.Preempted as e:
     print(e, flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # a bad config file or --config.FIELD: one line, exit 2

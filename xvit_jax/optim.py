@@ -2,9 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from xvit_jax import trees
+from xvit_jax import fields, trees
 
 
 def learning_rate_schedule(cfg, total_steps):
@@ -40,3 +41,30 @@ def make_optimizer(cfg, total_steps):
       optax.add_decayed_weights(cfg.weight_decay, decay_mask),
       optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
   ), schedule
+
+
+def default_config():
+  """The `optimizer` section (the paper's recipe at batch 64)."""
+  o = ml_collections.ConfigDict()
+  o.learning_rate = 0.03  # peak, reached after warmup; cosine to zero at total_steps
+  o.warmup_steps = 100
+  o.warmup_start_lr = 0.0
+  o.momentum = 0.9
+  o.nesterov = True
+  o.weight_decay = 1e-5  # coupled (added to the gradient), as torch SGD in the official code
+  o.grad_clip = 0.0  # global-norm clipping; 0: off
+  o.label_smoothing = 0.0
+  return o
+
+
+def check_config(config):
+  """UserError naming the field for an `optimizer` value the run could not use."""
+  o = config.optimizer
+  fields.rate(config, "optimizer.label_smoothing")
+  fields.non_negative(config, "optimizer.warmup_steps")
+  if o.warmup_steps >= config.total_steps:
+    fields.fail("optimizer.warmup_steps", o.warmup_steps,
+                f"fewer than total_steps={config.total_steps} (warmup rises to the cosine's value at its end, "
+                "which is 0 at total_steps: the learning rate would stay 0)")
+  if o.learning_rate <= 0:
+    fields.fail("optimizer.learning_rate", o.learning_rate, "a positive number")

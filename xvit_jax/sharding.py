@@ -14,10 +14,11 @@ dimension is dropped (that dimension is replicated), so any model fits any mesh.
 import re
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from xvit_jax import trees
+from xvit_jax import fields, trees
 from xvit_jax.errors import UserError
 
 AXES = ("data", "fsdp", "tensor")
@@ -37,6 +38,26 @@ RULES = (
     # Everything else large: FSDP over its largest dimension.
     (r".*", "fsdp_largest"),
 )
+
+
+def default_config():
+  """The `mesh` section: device mesh sizes; -1: the devices left over."""
+  mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # batch split, parameters replicated
+  mesh.fsdp = 1  # batch split, parameters and optimizer state sharded
+  mesh.tensor = 1  # attention heads and MLP units split
+  return mesh
+
+
+def check_config(config, num_devices):
+  """UserError if config.mesh does not fit `num_devices`, or the batch does not split over it (after
+  config.grad_accum_steps has been checked)."""
+  mesh = mesh_shape(config.mesh, num_devices)
+  shards = mesh["data"] * mesh["fsdp"]
+  if config.batch_size % (shards * config.grad_accum_steps):
+    fields.fail("batch_size", config.batch_size,
+                f"a multiple of {shards * config.grad_accum_steps}: the batch is split over mesh data={mesh['data']} x "
+                f"fsdp={mesh['fsdp']} = {shards} devices and grad_accum_steps={config.grad_accum_steps} micro-batches")
 
 
 def mesh_shape(mesh_config, num_devices):

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
-from xvit_jax.data import pipeline, sources
+from xvit_jax.data import label_heads, pipeline, sources
 from xvit_jax.errors import UserError
 from xvit_jax.metric_writer import MetricWriter, format_duration
 from xvit_jax.models import create_model
@@ -59,9 +59,8 @@ def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None)
   With config.grad_accum_steps = n > 1 the batch is cut into n micro-batches (rows i, i+n, i+2n, ...: each
   spread over all devices) whose gradients are averaged in float32 by a scan, so the step equals one
   over the whole batch (dropout masks aside) with 1/n of the activation memory."""
-  heads, smoothing, alpha = config_lib.label_heads(config), config.optimizer.label_smoothing, config.augment.mixup
+  (heads, bounds), smoothing, alpha = label_heads(config), config.optimizer.label_smoothing, config.augment.mixup
   accum = config.grad_accum_steps
-  bounds = np.cumsum([0] + [size for _, size in heads])
 
   def loss_fn(params, video, targets, rng):
     logits = nnx.merge(graphdef, params)(video, train=True, rngs=nnx.Rngs(dropout=rng))
@@ -289,7 +288,7 @@ def _train_or_evaluate(config, workdir, mode):
 
     train_step = make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
                                  shardings=state_shardings)
-    eval_step = evaluate.make_eval_step(graphdef, config_lib.label_heads(config))
+    eval_step = evaluate.make_eval_step(graphdef, label_heads(config))
     to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     eval_source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
     run_eval = lambda params: evaluate.evaluate(

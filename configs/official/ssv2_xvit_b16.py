@@ -2,9 +2,11 @@
 
 from xvit_jax import config_lib
 
+common = config_lib.import_file("../common.py", next_to=__file__)
+
 
 def get_config():
-  c = config_lib.official_xvit_b16(num_classes=174, shift_segment=16, shift_div=4)
+  c = common.official_xvit_b16(num_classes=174, shift_segment=16, shift_div=4)
   c.optimizer.weight_decay, c.optimizer.warmup_start_lr = 1e-4, 0.003
   c.data.label_names = "something_something_v2"
   c.eval.sampling, c.eval.temporal_views = "segment", 2  # segment midpoints, then segment starts

@@ -13,11 +13,11 @@ import os
 import tensorflow_datasets as tfds
 from absl import flags
 
-from xvit_jax.data import builders
+from xvit_jax.data import registry
 from xvit_jax.errors import UserError
 from xvit_jax.tools import cli
 
-_DATASET = flags.DEFINE_enum("dataset", None, builders.DATASETS, "the dataset to prepare")
+_DATASET = flags.DEFINE_enum("dataset", None, registry.PREPARED, "the dataset to prepare")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "the dataset as downloaded (annotations, videos)")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "where to write the dataset (the tfds data_dir)")
 _WORKERS = flags.DEFINE_integer("workers", None, "encoding processes (default: all cores)", lower_bound=1)
@@ -28,11 +28,11 @@ _MAX_EXAMPLES = flags.DEFINE_integer(
 
 def prepare(dataset, *, manual_dir, data_dir, workers=None, max_examples_per_split=None):
   """Builds `dataset` unless <data_dir>/<dataset>/<version> exists; returns the builder."""
-  if dataset not in builders.BUILDERS:
-    raise UserError(f"unknown dataset {dataset!r}; available: {', '.join(builders.DATASETS)}")
+  if dataset not in registry.PREPARED:
+    raise UserError(f"unknown dataset {dataset!r}; available: {', '.join(registry.PREPARED)}")
   if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
     raise UserError(f"--manual_dir {manual_dir} is not a folder with the downloaded dataset")
-  builder = builders.BUILDERS[dataset](data_dir=data_dir, workers=workers)
+  builder = registry.builder(dataset)(data_dir=data_dir, workers=workers)
   if (builder.data_path / "dataset_info.json").exists():  # is_prepared() warns when it is not
     print(f"{dataset} is already prepared in {builder.data_dir}; delete that folder to rebuild it")
     return builder

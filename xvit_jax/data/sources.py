@@ -9,12 +9,10 @@ in evaluation (`eval/skipped`), never a crash.
 import numpy as np
 from absl import logging
 
-from xvit_jax import config_lib
-from xvit_jax.data import synthetic, video
+from xvit_jax.data import label_heads, synthetic, video
 from xvit_jax.errors import UserError
 
 SYNTHETIC = "synthetic"
-VIDEO_DATASETS = ("kinetics400", "kinetics600", "something_something_v2", "epic_kitchens_100")
 
 
 def source(config, split):
@@ -54,7 +52,7 @@ class TrainClip:
   def __init__(self, config):
     d, m, a = config.data, config.model, config.augment
     self.synthetic = d.name == SYNTHETIC
-    self.fields = [name for name, _ in config_lib.label_heads(config)]
+    self.fields = [name for name, _ in label_heads(config)[0]]
     self.num_frames, self.image_size, self.sampling, self.stride = m.num_frames, m.image_size, d.sampling, d.stride
     self.augment = dict(multiscale=a.multiscale_crop, short_side_range=tuple(a.short_side_range), flip_p=a.flip,
                         autoaugment=a.autoaugment, erasing_p=a.random_erasing)
@@ -80,7 +78,7 @@ class EvalViews:
   def __init__(self, config):
     m, e = config.model, config.eval
     self.synthetic = config.data.name == SYNTHETIC
-    self.fields = [name for name, _ in config_lib.label_heads(config)]
+    self.fields = [name for name, _ in label_heads(config)[0]]
     self.kwargs = dict(num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling, stride=e.stride,
                        temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
     self.views = 1 if self.synthetic else e.temporal_views * e.spatial_crops

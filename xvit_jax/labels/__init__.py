@@ -12,9 +12,10 @@ something_something_v2: the 174 templates of the official something-something-v2
 
 from importlib import resources
 
+from xvit_jax.data import registry
 from xvit_jax.errors import UserError
 
-DATASETS = ("kinetics600", "something_something_v2")
+DATASETS = registry.WITH_LABEL_NAMES  # each has <name>.txt here
 
 
 def names(dataset: str) -> list[str]:

@@ -15,31 +15,22 @@ from xvit_jax.models import heads
 from xvit_jax.models.blocks import Block
 
 
-def shift_layer_indices(spec, num_layers):
-  """`shift_layers` config value -> sorted block indices: "all", "none" or e.g. "0,1,2" / "0-5,8"."""
-  spec = str(spec).strip().lower()
-  if spec == "all":
-    return tuple(range(num_layers))
-  if spec in ("none", ""):
-    return ()
-  layers = set()
-  for part in spec.split(","):
-    lo, _, hi = part.partition("-")
-    layers.update(range(int(lo), int(hi or lo) + 1))
-  return tuple(sorted(layers))
-
-
 class XViT(nnx.Module):
-  """The video transformer; `cfg` is `config.model` (see configs/common.py for every field)."""
+  """The video transformer. Its hyperparameters are the `config.model` fields of the same names, resolved
+  by `xvit_jax.models.create_model` (which documents them): `shift_layers` are block indices, and the
+  `head_*` values (the temporal-attention head's) are concrete numbers."""
 
-  def __init__(self, cfg, *, dtype=jnp.float32, rngs):
-    dim, patch = cfg.hidden_size, cfg.patch_size
-    num_patches = (cfg.image_size // patch) ** 2
-    segment = cfg.shift_segment or cfg.num_frames
-    self.embed_period = cfg.temporal_embed_frames or cfg.num_frames
-    self.embed_fold_batch = cfg.temporal_embed_fold_batch
+  def __init__(self, *, num_classes, image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, attention,
+               shift_div, shift_layers, shift_segment, temporal_window, temporal_embed_frames,
+               temporal_embed_fold_batch, consensus, summary_tokens, dropout, droppath, norm_eps, remat,
+               head_num_layers, head_num_heads, head_mlp_dim, head_hidden_size, head_norm_eps, dtype=jnp.float32,
+               rngs):
+    dim, patch = hidden_size, patch_size
+    num_patches = (image_size // patch) ** 2
+    self.embed_period = temporal_embed_frames
+    self.embed_fold_batch = temporal_embed_fold_batch
     self.dtype = dtype
-    self.remat = cfg.get("remat", False)
+    self.remat = remat
     embed_init = jax.nn.initializers.normal(dim ** -0.5)  # as big_vision's learned position embedding
 
     self.patch_embed = nnx.Conv(3, dim, kernel_size=(patch, patch), strides=(patch, patch), padding="VALID",
@@ -47,23 +38,21 @@ class XViT(nnx.Module):
     self.cls_token = nnx.Param(jnp.zeros((dim,)))
     self.pos_embed = nnx.Param(embed_init(rngs.params(), (1 + num_patches, dim)))  # index 0: the CLS position
     self.temp_embed = nnx.Param(jnp.zeros((self.embed_period, dim)))  # zeros, as the paper and code
-    mixed = shift_layer_indices(cfg.shift_layers, cfg.num_layers) if cfg.attention == "xvit" else ()
-    droppath = np.linspace(0.0, cfg.droppath, cfg.num_layers).tolist()
+    mixed = shift_layers if attention == "xvit" else ()
+    rates = np.linspace(0.0, droppath, num_layers).tolist()
     self.blocks = nnx.List([
-        Block(dim, cfg.num_heads, cfg.mlp_dim, attention=cfg.attention,
-              mix=(dim // cfg.shift_div, segment, cfg.temporal_window) if i in mixed else None,
-              summary_tokens=cfg.summary_tokens, eps=cfg.norm_eps, droppath=droppath[i], dtype=dtype, rngs=rngs)
-        for i in range(cfg.num_layers)])
-    self.norm = nnx.LayerNorm(dim, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
+        Block(dim, num_heads, mlp_dim, attention=attention,
+              mix=(dim // shift_div, shift_segment, temporal_window) if i in mixed else None,
+              summary_tokens=summary_tokens, eps=norm_eps, droppath=rates[i], dtype=dtype, rngs=rngs)
+        for i in range(num_layers)])
+    self.norm = nnx.LayerNorm(dim, epsilon=norm_eps, dtype=dtype, rngs=rngs)
 
-    if cfg.consensus == "avg":
-      self.head = heads.AvgConsensus(dim, cfg.num_classes, dropout=cfg.dropout, dtype=dtype, rngs=rngs)
+    if consensus == "avg":
+      self.head = heads.AvgConsensus(dim, num_classes, dropout=dropout, dtype=dtype, rngs=rngs)
     else:
-      head = cfg.head
       self.head = heads.TemporalAttentionHead(
-          dim, cfg.num_classes, num_heads=head.num_heads or cfg.num_heads, mlp_dim=head.mlp_dim or cfg.mlp_dim,
-          head_mlp_dim=head.hidden_size or dim, num_layers=head.num_layers, dropout=cfg.dropout,
-          eps=head.norm_eps, dtype=dtype, rngs=rngs)
+          dim, num_classes, num_heads=head_num_heads, mlp_dim=head_mlp_dim, head_mlp_dim=head_hidden_size,
+          num_layers=head_num_layers, dropout=dropout, eps=head_norm_eps, dtype=dtype, rngs=rngs)
 
   def features(self, video, *, train=False, rngs=None):
     """(B, T, H, W, 3) -> final-LayerNorm CLS token of every frame, (B, T, C)."""
@@ -87,12 +76,3 @@ class XViT(nnx.Module):
     """(B, T, H, W, 3) -> logits (B, num_classes), float32. `rngs` (with a `dropout` stream) when training."""
     return self.head(self.features(video, train=train, rngs=rngs), train=train, rngs=rngs).astype(jnp.float32)
 
-
-def create_model(cfg, *, dtype="float32", seed=0):
-  """Builds XViT from `config.model` with parameters drawn from `seed` (float32 parameters)."""
-  return XViT(cfg, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(params=seed))
-
-
-def abstract_params(cfg):
-  """The parameters' shapes and dtypes (nested dict of ShapeDtypeStruct) without computing any."""
-  return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: create_model(cfg)), nnx.Param))

@@ -1,9 +1,13 @@
-"""What the tools' command lines share: config flags and one-line errors."""
+"""What the command lines share: config flags, and mistakes printed as one line with exit status 2."""
 
+import difflib
+import os
+import re
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
+from ml_collections.config_flags import config_flags as config_flags_lib
 
 from xvit_jax.errors import UserError
 
@@ -17,9 +21,61 @@ def run(main):
     try:
       main()
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-  app.run(guarded)
+      exit_with(e)
+  app.run(guarded, flags_parser=parse_flags)
+
+
+def exit_with(error):
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing (app.run's flags_parser), where a config file that cannot be read, or a
+  --config.FIELD override of a field the config does not have, ends in one line and exit status 2 (not
+  in ml_collections' traceback, raised while the flags are parsed, before main runs)."""
+  try:
+    rest = app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, OSError):  # ml_collections applying an override, before FLAGS holds it
+    _check_config_flags(argv, overrides=True)
+    raise
+  _check_config_flags(argv, overrides=False)
+  return rest
+
+
+def _check_config_flags(argv, *, overrides):
+  try:
+    for name in [n for n in flags.FLAGS if isinstance(flags.FLAGS[n].parser, config_flags_lib.ConfigFileFlagParser)]:
+      _check_config_flag(name, argv, overrides)
+  except UserError as e:
+    exit_with(e)
+
+
+def _check_config_flag(name, argv, overrides):
+  """UserError if --`name` names no file, or (overrides) a --`name`.FIELD override is not in its config."""
+  value, fields = None, []
+  for i, arg in enumerate(argv):
+    if match := re.fullmatch(rf"--?{re.escape(name)}(?:=(.*))?", arg):
+      value = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+    elif match := re.match(rf"--?(?:no)?{re.escape(name)}\.([^=]+)", arg):
+      fields.append((arg, match.group(1)))
+  if value is None:
+    return
+  path = value.split(":", 1)[0]
+  if not os.path.isfile(path):
+    raise UserError(f"--{name}={value}: there is no config file {os.path.abspath(path)}")
+  if not overrides or not fields:
+    return
+  config = config_flags_lib.ConfigFileFlagParser(name, lock_config=False).parse(value)
+  for arg, field in fields:
+    node, known = config, ""
+    for part in field.split("."):
+      if not isinstance(node, config_dict.ConfigDict) or part not in node:
+        names = list(node.keys()) if isinstance(node, config_dict.ConfigDict) else []
+        nearest = difflib.get_close_matches(part, names, n=3, cutoff=0.0)
+        hint = f"; nearest: {', '.join(f"{name}.{known}{n}" for n in nearest)}" if nearest else ""
+        raise UserError(f"{arg}: {path} has no field {name}.{known}{part}{hint}")
+      node, known = node[part], f"{known}{part}."
 
 
 def define_flags(*, config, checkpoint, output):

@@ -11,12 +11,8 @@ without TensorFlow: `tfds.data_source(NAME, data_dir=DIR)[split][i]` is a dict o
   num_frames  int32, frames in `video`
   label       int64 class index, -1 when unlabelled (Kinetics, SSv2); EPIC-Kitchens-100 has `verb`
               and `noun` instead. Names: tfds.builder(NAME, data_dir=DIR).info.features["label"].names
-Importing this package registers the builders with tfds.
+Importing this package registers the builders with tfds; which name has which builder (and what else a
+dataset implies): xvit_jax/data/registry.py.
 """
 
-from xvit_jax.data.builders.epic_kitchens import EpicKitchens100
-from xvit_jax.data.builders.kinetics import Kinetics400, Kinetics600
-from xvit_jax.data.builders.ssv2 import SomethingSomethingV2
-
-BUILDERS = {b.name: b for b in (Kinetics400, Kinetics600, SomethingSomethingV2, EpicKitchens100)}
-DATASETS = tuple(BUILDERS)
+from xvit_jax.data.builders import epic_kitchens, kinetics, ssv2  # noqa: F401 - registers them with tfds
