@@ -1,7 +1,8 @@
 """orbax checkpoints in `DIR/checkpoints/<step>/`, up to three items per step:
 
-  params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them)
-  train/   {"step", "rng", "opt_state"}: what resuming training needs besides the parameters
+  params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them: state.params_item)
+  train/   {"step", "rng", "opt_state", "nonfinite_steps"}: what resuming training needs besides the
+           parameters (state.train_item)
   data/    the grain iterator's state, one JSON file per process: where the data stream resumes
 
 Saving is asynchronous (the arrays are copied off the devices, then written while training goes on). A
@@ -47,8 +48,9 @@ def manager(directory, *, keep=3, create=True):
 
 
 def save(mngr, step, params, train=None, data=None, metrics=None, *, force=False):
-  """Saves `params` (pure nested dict) and, if given, the `train` item ({"step", "rng", "opt_state"})
-  and the grain iterator `data`; `metrics` ({"eval/top1": ...}) rank it for keeping the best."""
+  """Saves `params` (pure nested dict) and, if given, the `train` item ({"step", "rng", "opt_state",
+  "nonfinite_steps"}) and the grain iterator `data`; `metrics` ({"eval/top1": ...}) rank it for keeping
+  the best."""
   items = {PARAMS: ocp.args.StandardSave(params)}
   if train is not None:
     items[TRAIN] = ocp.args.StandardSave(train)
