@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from xvit_jax.errors import UserError
+from xvit_jax.tools import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), optionally 'file.py:arg'.",
                                           lock_config=True)
@@ -38,8 +39,7 @@ def main(argv):
       print(f"multi-host: {joined}", flush=True)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, mode=_MODE.value)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)  # one line, exit 2; silences abandoned background work for the rest of the process
   except train.Preempted as e:
     print(e, flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)

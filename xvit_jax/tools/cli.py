@@ -1,6 +1,7 @@
 """What the tools' command lines share: config flags and one-line errors."""
 
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -17,9 +18,21 @@ def run(main):
     try:
       main()
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail(e)
   app.run(guarded)
+
+
+def fail(error):
+  """Ends the process on a UserError: its one line on stderr, exit status 2.
+
+  Only a command line, which owns the process, may do this: the process is ending, and background work
+  that libraries abandoned (orbax's checkpoint threads after a failed write, tensorstore callbacks on a
+  closed event loop) would print the same failure again as pages of tracebacks while it exits, so their
+  logging and exception hooks are silenced for the rest of the process."""
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  logging.set_verbosity(logging.FATAL)
+  sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
+  sys.exit(2)
 
 
 def define_flags(*, config, checkpoint, output):
