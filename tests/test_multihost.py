@@ -1,6 +1,7 @@
 """Two processes joined by jax.distributed on 127.0.0.1 (gloo collectives on CPU) train exactly as one
 process with the same devices: each reads only its rows of every global batch."""
 
+import importlib.util
 import os
 import signal
 import socket
@@ -110,3 +111,25 @@ def test_schedulers_are_recognised_by_their_variables(monkeypatch):
   monkeypatch.delenv("SLURM_NTASKS")
   monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
   assert distributed._detected_cluster() == "Open MPI"  # pylint: disable=protected-access
+
+
+def test_a_cloud_tpu_vm_is_recognised_by_its_tpu_chips_and_libtpu(monkeypatch, tmp_path):
+  from xvit_jax import distributed  # pylint: disable=import-outside-toplevel
+  for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_FORCE_TPU_INIT"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(distributed, "PCI_DEVICES", str(tmp_path))
+  for address, vendor, device in (("0000:00:04.0", "0x1ae0", "0x0042"),  # Google's network card (gVNIC)
+                                  ("0000:00:05.0", "0x10de", "0x2330")):  # an NVIDIA GPU
+    (tmp_path / address).mkdir()
+    (tmp_path / address / "vendor").write_text(vendor + "\n")
+    (tmp_path / address / "device").write_text(device + "\n")
+  libtpu = tmp_path / "libtpu.so"
+  libtpu.write_bytes(b"")
+  monkeypatch.setenv("TPU_LIBRARY_PATH", str(libtpu))
+  assert distributed._detected_cluster() is None  # pylint: disable=protected-access
+  (tmp_path / "0000:00:06.0").mkdir()  # a TPU v5e chip
+  (tmp_path / "0000:00:06.0" / "vendor").write_text("0x1ae0\n")
+  (tmp_path / "0000:00:06.0" / "device").write_text("0x0063\n")
+  assert distributed._detected_cluster() == "Cloud TPU"  # pylint: disable=protected-access
+  monkeypatch.setenv("TPU_LIBRARY_PATH", str(tmp_path / "missing.so"))  # chips, but no libtpu (if none is installed)
+  assert distributed._on_cloud_tpu_vm() == (importlib.util.find_spec("libtpu") is not None)  # pylint: disable=protected-access

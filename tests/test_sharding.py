@@ -16,6 +16,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from conftest import REPO, tiny_config
 from test_main import read_metrics, run_main
 from xvit_jax import checkpoints, optim, sharding, train
+from xvit_jax import state as state_lib
 from xvit_jax.errors import UserError
 from xvit_jax.models import abstract_params, create_model
 
@@ -55,14 +56,14 @@ import json, sys
 sys.path.insert(0, "tests")
 import jax
 from conftest import tiny_config
-from xvit_jax import optim, sharding, train, trees
+from xvit_jax import optim, sharding, state, trees
 c = tiny_config(num_layers=1, hidden_size=64, num_heads=4, mlp_dim=256, num_frames=4, image_size=32)
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
 mesh = sharding.make_mesh(c.mesh)
 tx, _ = optim.make_optimizer(c.optimizer, c.total_steps)
-_, state, _ = train.create_train_state(c, tx, mesh)
+_, created, _ = state.create(c, tx, mesh)
 out = {name: [str(leaf.sharding.spec), list(leaf.addressable_shards[0].data.shape), len(leaf.sharding.device_set)]
-       for name, leaf in trees.flatten(state).items()}
+       for name, leaf in trees.flatten(created).items()}
 print(json.dumps(out))
 """
 
@@ -123,7 +124,7 @@ def _one_step(config, batch):
   config.optimizer.warmup_steps = 0
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  graphdef, state, shardings = train.create_train_state(config, tx, mesh)
+  graphdef, state, shardings = state_lib.create(config, tx, mesh)
   step = train.make_train_step(config, graphdef, tx, schedule, shardings=shardings)
   state, metrics = step(state, batch)
   return jax.device_get(nnx.to_pure_dict(state["params"])), jax.device_get(metrics)

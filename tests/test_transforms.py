@@ -160,26 +160,6 @@ def test_random_erasing():
   assert transforms.random_erasing(frames, np.random.default_rng(0), p=0.0) is frames
 
 
-def test_mixup():
-  rng = np.random.default_rng(0)
-  videos = rng.normal(size=(6, 2, 4, 4, 3)).astype(np.float32)
-  labels = np.array([0, 1, 2, 3, 4, 1])
-  c, s = 7, 0.3
-  out, targets = transforms.mixup(videos, labels, c, np.random.default_rng(5), alpha=0.4, smoothing=s)
-  draw = np.random.default_rng(5)
-  lam = np.float32(draw.beta(0.4, 0.4))
-  perm = draw.permutation(6)
-  one_hot = np.eye(c)[labels]
-  want = lam * ((1 - s) * one_hot + s / c) + (1 - lam) * ((1 - s) * one_hot[perm] + s / c)
-  assert targets.shape == (6, c) and targets.dtype == np.float32 and out.dtype == np.float32
-  np.testing.assert_allclose(targets, want, atol=1e-6)
-  np.testing.assert_allclose(targets.sum(1), 1, atol=1e-6)
-  np.testing.assert_allclose(out, lam * videos + (1 - lam) * videos[perm], atol=1e-6)
-  same, plain = transforms.mixup(videos, labels, c, np.random.default_rng(5), alpha=0.0)
-  np.testing.assert_array_equal(same, videos)
-  np.testing.assert_array_equal(plain, np.eye(c)[labels])
-
-
 def test_autoaugment_changes_some_clips_and_keeps_shape():
   frames = clip(height=S, width=S)
   changed = 0

@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from xvit_jax import config_lib, optim, sharding, train
+from xvit_jax import state as state_lib
 from xvit_jax.data import sources
 from xvit_jax.flops import forward_flops
 from xvit_jax.models import create_model
@@ -92,20 +93,22 @@ def forward(model_cfg, dtype, video):
 
 
 def _train_step(config):
-  """(no-argument call, compiled): train.make_train_step on random clips, the state made eagerly (compiling
-  create_train_state's initialiser takes seconds) and carried from call to call (it is donated)."""
-  mesh = sharding.make_mesh()
+  """(no-argument call, compiled): the train loop's own step (train.make_train_step over config.mesh) on
+  random clips, the state carried from call to call (it is donated). The state is state.create's, made
+  eagerly and then placed (compiling state.create's initialiser takes seconds per config)."""
+  mesh = sharding.make_mesh(config.mesh)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  graphdef, params = nnx.split(create_model(config.model, dtype=config.dtype, seed=config.seed))  # only Params
-  state = [jax.device_put({"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(0)),
-                           "params": params, "opt_state": tx.init(params), "nonfinite_steps": jnp.zeros((), jnp.int32)},
-                          sharding.replicated(mesh))]
+  graphdef, _, shardings = state_lib.abstract(config, tx, mesh)
+  params = nnx.state(create_model(config.model, dtype=config.dtype, seed=config.seed), nnx.Param)
+  state = jax.device_put(state_lib.initial(params, tx, config.seed), shardings)
   batch = sharding.global_batch(mesh, random_batch(config))
-  step = train.make_train_step(config, graphdef, tx, schedule).lower(state[0], batch).compile()
+  step = train.make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
+                               shardings=shardings).lower(state, batch).compile()
+  carried = [state]
 
   def train_once():
-    state[0], metrics = step(state[0], batch)
-    return state[0], metrics
+    carried[0], metrics = step(carried[0], batch)
+    return carried[0], metrics
 
   return train_once, step
 

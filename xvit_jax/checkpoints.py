@@ -1,7 +1,8 @@
 """orbax checkpoints in `DIR/checkpoints/<step>/`, up to three items per step:
 
-  params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them)
-  train/   {"step", "rng", "opt_state"}: what resuming training needs besides the parameters
+  params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them: state.params_item)
+  train/   {"step", "rng", "opt_state", "nonfinite_steps"}: what resuming training needs besides the
+           parameters (state.train_item)
   data/    the grain iterator's state, one JSON file per process: where the data stream resumes
 
 Saving is asynchronous (the arrays are copied off the devices, then written while training goes on). A
@@ -15,8 +16,6 @@ training from it starts a fresh optimizer at step 0.
 
 import contextlib
 import os
-import sys
-import threading
 
 import grain
 import orbax.checkpoint as ocp
@@ -47,8 +46,9 @@ def manager(directory, *, keep=3, create=True):
 
 
 def save(mngr, step, params, train=None, data=None, metrics=None, *, force=False):
-  """Saves `params` (pure nested dict) and, if given, the `train` item ({"step", "rng", "opt_state"})
-  and the grain iterator `data`; `metrics` ({"eval/top1": ...}) rank it for keeping the best."""
+  """Saves `params` (pure nested dict) and, if given, the `train` item ({"step", "rng", "opt_state",
+  "nonfinite_steps"}) and the grain iterator `data`; `metrics` ({"eval/top1": ...}) rank it for keeping
+  the best."""
   items = {PARAMS: ocp.args.StandardSave(params)}
   if train is not None:
     items[TRAIN] = ocp.args.StandardSave(train)
@@ -66,17 +66,16 @@ def wait(mngr):
 
 
 def close(mngr):
+  """Closes the manager; orbax's logging is held at FATAL meanwhile: a failed write it would repeat while
+  closing was reported by save() or wait() already."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
   try:
     mngr.close()
   except Exception:  # noqa: BLE001 - a failed write was reported by save() or wait() already
     pass
-
-
-def _quiet_teardown():
-  """The run ends with a one-line error; orbax's abandoned background work (its finalize thread, tensorstore
-  callbacks on a closed event loop) would otherwise print the same failure again as pages of tracebacks."""
-  logging.set_verbosity(logging.FATAL)
-  sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
+  finally:
+    logging.set_verbosity(level)
 
 
 def _first_line(error, limit=400):
@@ -93,7 +92,6 @@ def _write_errors(mngr):
     yield
   except (OSError, ValueError, RuntimeError) as e:
     reason = _first_line(e)
-    _quiet_teardown()
     mngr.reload()
     complete = mngr.all_steps()
     raise UserError(f"writing a checkpoint in {mngr.directory} failed: {reason}; the newest complete checkpoint "
@@ -149,7 +147,6 @@ def _read_errors(mngr, step, item):
     while e.__cause__ or e.__context__:  # the root cause names the file and what is wrong with it
       e = e.__cause__ or e.__context__
     reason = _first_line(e)
-    _quiet_teardown()
     where = os.path.join(str(mngr.directory), str(step))
     raise UserError(f"checkpoint {where} cannot be read ({item}: {reason}): it is damaged or incomplete; move it "
                     "aside to resume from the one before it") from None

@@ -8,6 +8,8 @@ One process drives all the devices of its host; under SLURM JAX would give each 
 $SLURM_LOCALID, so set JAX_LOCAL_DEVICE_IDS=0,1,...,7 (launch/slurm.sbatch does).
 """
 
+import glob
+import importlib.util
 import os
 
 import jax
@@ -15,12 +17,27 @@ import jax
 from xvit_jax.errors import UserError
 
 
+PCI_DEVICES = "/sys/bus/pci/devices"
+GOOGLE_PCI_VENDOR = "0x1ae0"
+# TPU v3, v4, v5p, v5e, v6e, 7x, 8 and an unnamed one, as JAX knows them (jax/_src/hardware_utils.py)
+TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076", "0x007c", "0x0083")
+
+
 def _on_cloud_tpu_vm():
-  try:
-    from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm  # pylint: disable=import-outside-toplevel
-  except ImportError:
+  """TPU chips on the PCI bus and libtpu installed: JAX's own test before it looks for the hosts of a pod
+  slice, made here from the machine (JAX keeps its answer in a private module)."""
+  if "JAX_FORCE_TPU_INIT" in os.environ:
+    return True
+  if importlib.util.find_spec("libtpu") is None and not os.path.exists(os.environ.get("TPU_LIBRARY_PATH", "")):
     return False
-  return bool(running_in_cloud_tpu_vm)
+  for device in glob.glob(os.path.join(PCI_DEVICES, "*.0")):
+    try:
+      with open(os.path.join(device, "vendor")) as vendor, open(os.path.join(device, "device")) as kind:
+        if vendor.read().strip() == GOOGLE_PCI_VENDOR and kind.read().strip() in TPU_PCI_DEVICES:
+          return True
+    except OSError:
+      continue
+  return False
 
 
 def _detected_cluster():

@@ -1,4 +1,5 @@
-"""Evaluation: top-1 / top-5 accuracy and loss over every held-out clip (padding masked out)."""
+"""Evaluation: top-1 / top-5 accuracy and loss over every held-out video, its views' logits summed
+(padding masked out, unreadable videos counted)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from xvit_jax import fields
+from xvit_jax import data, fields, sharding
+from xvit_jax.data import pipeline, sources
 
 
 def _joint_log_probs(logits, bounds):
@@ -89,3 +91,20 @@ def check_config(config):
     fields.fail("eval.temporal_views", e.temporal_views, f"an integer in 1..{max_views} for {e.sampling} sampling")
   if e.stride <= 0:
     fields.fail("eval.stride", e.stride, "a positive integer")
+
+
+def make_evaluator(config, graphdef, mesh, rows):
+  """params -> evaluate(...) over config.data's eval split, each video cut into the views config.eval
+  describes (sources.EvalViews); this process reads `rows` of each global batch of config.batch_size."""
+  eval_step = make_eval_step(graphdef, data.label_heads(config))
+  source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
+  to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
+  return lambda params: evaluate(
+      eval_step, params, pipeline.eval_dataset(source, global_batch=config.batch_size, views_fn=views_fn, rows=rows),
+      to_global)
+
+
+def summary(results):
+  """The results as one line: "eval/top1 0.5000 | ... | eval/videos 8 | eval/skipped 0"."""
+  counts = ("eval/videos", "eval/skipped")
+  return " | ".join(f"{k} {v:.0f}" if k in counts else f"{k} {v:.4f}" for k, v in results.items())

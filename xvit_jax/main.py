@@ -39,7 +39,7 @@ def main(argv):
       print(f"multi-host: {joined}", flush=True)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, mode=_MODE.value)
   except UserError as e:
-    cli.exit_with(e)
+    cli.fail(e)  # one line, exit 2; silences abandoned background work for the rest of the process
   except train.Preempted as e:
     print(e, flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)

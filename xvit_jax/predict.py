@@ -30,31 +30,13 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from xvit_jax import checkpoints, config_lib, export, labels
+from xvit_jax import export, labels, state
 from xvit_jax.errors import UserError
-
-MIN_FRAMES = 3  # the official loaders skip videos with fewer frames
-
-
-def restore(config, checkpoint_dir=None):
-  """(model, step): the model of `config` with the parameters of the newest checkpoint in `checkpoint_dir`,
-  or initialised from `config.seed` (step None) when it is None."""
-  from xvit_jax.models import create_model  # pylint: disable=import-outside-toplevel
-  config_lib.check(config, num_devices=1)
-  model = create_model(config.model, dtype=config.dtype, seed=config.seed)
-  step = None
-  if checkpoint_dir is not None:
-    state = nnx.state(model, nnx.Param)
-    step, params = checkpoints.latest_params(checkpoint_dir, nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-  return model, step
-
 
 def load(config, checkpoint_dir=None):
   """A callable (B, T, H, W, 3) float32 -> logits (B, num_classes) numpy; parameters from the newest
   checkpoint in `checkpoint_dir`, or initialised from `config.seed` when it is None."""
-  graphdef, params = nnx.split(restore(config, checkpoint_dir)[0])
+  graphdef, params = nnx.split(state.inference_model(config, checkpoint_dir)[0])
   forward = jax.jit(lambda p, video: nnx.merge(graphdef, p)(video))
   return _checked(lambda batch: forward(params, batch), export.input_shape(config))
 
@@ -81,14 +63,9 @@ def _checked(forward, expected):
 
 
 def video_views(config, path):
-  """(views, T, S, S, 3) float32 of a video file, as config.eval describes."""
-  from xvit_jax.data import video  # pylint: disable=import-outside-toplevel
-  frames = video.decode(path)
-  if len(frames) < MIN_FRAMES:
-    raise UserError(f"video {path} has {len(frames)} frame(s); at least {MIN_FRAMES} are needed")
-  e, m = config.eval, config.model
-  return video.eval_views(frames, num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling,
-                          stride=e.stride, temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
+  """(views, T, S, S, 3) float32 of a video file, as config.eval describes (evaluation's own views)."""
+  from xvit_jax.data import sources  # pylint: disable=import-outside-toplevel
+  return sources.EvalViews(config).of_file(path)
 
 
 def read_input(config, path):
@@ -209,14 +186,13 @@ def windows(config, path, stride):
       k += 1
     if next_k == 0 or start(k) <= i:  # until the first window is out every frame is kept (a short video's)
       kept[i] = video.resize_short_side(video.normalize(frame[None]), m.image_size)[0]
-    while i >= MIN_FRAMES - 1 and start(next_k) + length - 1 <= i:
+    while i >= video.MIN_FRAMES - 1 and start(next_k) + length - 1 <= i:
       first = start(next_k)
       yield first / fps, (first + length) / fps, clip([kept[first + j] for j in sample(length)])
       next_k += 1
       kept = {j: f for j, f in kept.items() if j >= start(next_k)}
     count = i + 1
-  if count < MIN_FRAMES:
-    raise UserError(f"video {path} has {count} frame(s); at least {MIN_FRAMES} are needed")
+  video.check_readable(count, path)
   if next_k == 0:  # shorter than one window: the whole video, sampled as predict samples it
     yield 0.0, count / fps, clip([kept[j] for j in sample(count)])
 

@@ -1,38 +1,27 @@
-"""The training loop: build the sharded state, jit the step, log, evaluate and checkpoint."""
+"""The training loop: the sharded state (state.py), the jit'd step, logging, evaluation and checkpoints."""
 
+import dataclasses
 import signal
 import threading
 import time
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
+from xvit_jax import state as state_lib
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
 from xvit_jax.data import label_heads, pipeline, sources
 from xvit_jax.errors import UserError
 from xvit_jax.metric_writer import MetricWriter, format_duration
-from xvit_jax.models import create_model
-
-
-def create_train_state(config, tx, mesh):
-  """(graphdef, state, shardings): state = {"step", "rng", "params", "opt_state"}, created directly in its
-  sharded layout (sharding.RULES) by a jit with out_shardings, never whole on one device."""
-  make_model = lambda: create_model(config.model, dtype=config.dtype, seed=config.seed)
-  graphdef, _ = nnx.split(nnx.eval_shape(make_model))
-
-  def init():
-    params = nnx.state(make_model(), nnx.Param)
-    return {"step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(config.seed)),
-            "params": params, "opt_state": tx.init(params), "nonfinite_steps": jnp.zeros((), jnp.int32)}
-
-  shardings = sharding.shardings_for(jax.eval_shape(init), mesh)
-  return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
 
 
 def mixup(video, targets, rng, alpha, groups):
@@ -116,18 +105,6 @@ def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None)
   return jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
 
 
-def _pure(params):
-  return nnx.to_pure_dict(params)
-
-
-def _set_params(state, pure):
-  nnx.replace_by_pure_dict(state["params"], pure)
-
-
-def _train_item(state):
-  return {key: state[key] for key in ("step", "rng", "opt_state", "nonfinite_steps")}
-
-
 class Preempted(Exception):
   """Raised after a SIGTERM: the checkpoint of `step` is on disk and training stopped."""
 
@@ -166,9 +143,7 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
   position when it has them), else `config.init_from` if set, else `state` as created."""
   step = ckpt.latest_step()
   if step is not None:
-    _set_params(state, checkpoints.restore_params(ckpt, step, _pure(state["params"])))
-    if checkpoints.has_item(ckpt, step, checkpoints.TRAIN):
-      state.update(checkpoints.restore_train(ckpt, step, _train_item(state)))
+    if state_lib.restore(state, ckpt, step):
       restored, data = False, f"no data position saved: data order reseeded at step {step}"
       if train_batches is not None and checkpoints.has_item(ckpt, step, checkpoints.DATA):
         try:
@@ -180,8 +155,9 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
       return state, restored
     writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
   elif config.init_from:
-    params, report = pretrained.load(config.init_from, config.model, jax.device_get(_pure(state["params"])))
-    _set_params(state, jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), params, _pure(state["params"])))
+    current = state_lib.params_item(state)
+    params, report = pretrained.load(config.init_from, config.model, jax.device_get(current))
+    state_lib.set_params(state, jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), params, current))
     writer.print(f"initialised from {config.init_from}: {len(report['loaded'])} parameters loaded, "
                  f"fresh: {', '.join(report['fresh']) or 'none'}; ignored from the file: "
                  f"{', '.join(report['dropped']) or 'nothing'}")
@@ -231,28 +207,43 @@ class Progress:
     return record
 
 
-def _train_loop(config, state, first_step, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption):
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """The parts of a training run that the loop drives."""
+  config: ml_collections.ConfigDict
+  train_step: Callable  # jit'd (state, global batch) -> (state, metrics)
+  batches: Iterator  # this process's rows of each global train batch, numpy (a grain iterator)
+  to_global: Callable  # those rows -> the global batch, sharded over the mesh
+  run_eval: Callable  # params -> {"eval/top1": ..., ...}
+  ckpt: ocp.CheckpointManager
+  writer: MetricWriter
+  preemption: PreemptionNotice
+
+
+def _train_loop(run, state, first_step):
   """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise."""
+  config, ckpt, writer = run.config, run.ckpt, run.writer
   progress, started = Progress(config, writer), time.time()
   for step in range(first_step + 1, config.total_steps + 1):
-    state, metrics = train_step(state, to_global(next(train_batches)))
+    state, metrics = run.train_step(state, run.to_global(next(run.batches)))
     progress.add(step, metrics)
     last = step == config.total_steps
-    preempted = preemption.reached(step)
+    preempted = run.preemption.reached(step)
     saving = preempted or last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+    logging_step = last or step % (config.log_every or config.total_steps) == 0
     record = {}
-    if last or step % (config.log_every or config.total_steps) == 0 or saving:
+    if logging_step or saving:
       progress.check_finite(ckpt)
-    if last or step % (config.log_every or config.total_steps) == 0:
+    if logging_step:
       record = progress.log(step)
     if last or (config.eval_every and step % config.eval_every == 0):
-      results = run_eval(state["params"])
+      results = run.run_eval(state["params"])
       record.update(results)
       writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
                    f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
     writer.write(step, record)
     if saving:
-      checkpoints.save(ckpt, step, _pure(state["params"]), _train_item(state), train_batches, record, force=preempted)
+      state_lib.save(ckpt, step, state, run.batches, record, force=preempted)
     if preempted:
       checkpoints.wait(ckpt)
       raise Preempted(step, ckpt.directory)
@@ -272,7 +263,7 @@ def _train_or_evaluate(config, workdir, mode):
   mesh = sharding.make_mesh(config.mesh)
   rows = sharding.process_rows(mesh, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
-  graphdef, state, state_shardings = create_train_state(config, tx, mesh)
+  graphdef, state, state_shardings = state_lib.create(config, tx, mesh)
   writer = MetricWriter(workdir)
   ckpt = checkpoints.manager(workdir, keep=config.checkpoint_keep, create=mode == "train")
   preemption = PreemptionNotice() if mode == "train" else None
@@ -285,29 +276,23 @@ def _train_or_evaluate(config, workdir, mode):
     first_step = int(state["step"])
     if mode == "train" and first_step and not data_restored:
       train_batches = make_batches(config.seed + first_step)
-
-    train_step = make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
-                                 shardings=state_shardings)
-    eval_step = evaluate.make_eval_step(graphdef, label_heads(config))
-    to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
-    eval_source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
-    run_eval = lambda params: evaluate.evaluate(
-        eval_step, params,
-        pipeline.eval_dataset(eval_source, global_batch=config.batch_size, views_fn=views_fn, rows=rows), to_global)
+    run_eval = evaluate.make_evaluator(config, graphdef, mesh, rows)
 
     if mode == "evaluate":
       results = run_eval(state["params"])
-      writer.print("evaluation: " + " | ".join(f"{k} {v:.4f}" if k not in ("eval/videos", "eval/skipped") else f"{k} {v:.0f}"
-                                               for k, v in results.items()))
+      writer.print("evaluation: " + evaluate.summary(results))
       writer.write(first_step, results)
       return results
 
+    train_step = make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
+                                 shardings=state_shardings)
+    to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     mesh_text = " x ".join(f"{a}={n}" for a, n in mesh.shape.items())
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
                  f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
-    state = _train_loop(config, state, first_step, train_step, train_batches, to_global, run_eval, ckpt, writer,
-                        preemption)
+    run = Run(config, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption)
+    state = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)
     if best is not None:

@@ -16,10 +16,6 @@ import math
 import grain
 import numpy as np
 
-from xvit_jax.data import video
-
-normalize = video.normalize  # uint8 -> float32 in [-1, 1], the official normalisation
-
 
 def _global_position(position, global_batch, rows):
   """Position in this process's stream of `rows` (start, stop) of each global batch -> position in the

@@ -2,9 +2,12 @@
 and how one record becomes model input (train: decode, sample, augment; eval: the official views).
 
 Records of prepared datasets (tfds.data_source) hold {"video": encoded bytes, "label": int, "id": str,
-"num_frames": int}. A record that cannot be decoded is skipped in training (with a warning) and counted
-in evaluation (`eval/skipped`), never a crash.
+"num_frames": int}. A record that cannot be decoded, or has fewer than 3 frames (as the official loaders
+skip such videos), is skipped in training (with a warning) and counted in evaluation (`eval/skipped`),
+never a crash; predict refuses it in one line.
 """
+
+import os
 
 import numpy as np
 from absl import logging
@@ -36,11 +39,20 @@ def _labels(record, fields):
   return np.array([record[name] for name in fields], np.int32)
 
 
+def read(path_or_bytes, *, name=None):
+  """The frames of a video file (a path, or its bytes and their `name`), as video.decode gives them;
+  UserError naming it if it cannot be decoded or has fewer than video.MIN_FRAMES frames: the one rule
+  for unreadable videos in training, evaluation and predict."""
+  frames = video.decode(path_or_bytes, name=name)
+  video.check_readable(len(frames), name or os.fspath(path_or_bytes))
+  return frames
+
+
 def _decode(record):
   name = record.get("id", b"?")
   name = name.decode() if isinstance(name, bytes) else str(name)
   try:
-    return video.decode(record["video"], name=name)
+    return read(record["video"], name=name)
   except UserError as e:
     logging.warning("skipping a record: %s", e)
     return None
@@ -73,7 +85,8 @@ class TrainClip:
 
 
 class EvalViews:
-  """record -> {"video": float32 (views, T, S, S, 3), "label": int32, "mask": 1}, mask 0 if unreadable."""
+  """record -> {"video": float32 (views, T, S, S, 3), "label": int32, "mask": 1}, mask 0 if unreadable: the
+  views config.eval describes, as evaluation and predict cut them."""
 
   def __init__(self, config):
     m, e = config.model, config.eval
@@ -90,8 +103,15 @@ class EvalViews:
     frames = _decode(record)
     if frames is None:
       return self.blank(bad=True)
-    return {"video": video.eval_views(frames, **self.kwargs), "label": _labels(record, self.fields),
-            "mask": np.float32(1)}
+    return {"video": self.of_frames(frames), "label": _labels(record, self.fields), "mask": np.float32(1)}
+
+  def of_frames(self, frames):
+    """(views, T, S, S, 3) float32 in [-1, 1] of decoded frames (N, H, W, 3) uint8."""
+    return video.eval_views(frames, **self.kwargs)
+
+  def of_file(self, path):
+    """(views, T, S, S, 3) of the video file at `path`; UserError if it is unreadable (see `read`)."""
+    return self.of_frames(read(path))
 
   def blank(self, bad=False):
     """A stand-in: padding of the last batch (bad=False) or an unreadable video (bad=True)."""

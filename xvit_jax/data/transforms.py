@@ -238,28 +238,3 @@ def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(
   if erasing_p > 0:
     frames = random_erasing(frames, rng, erasing_p)
   return frames
-
-
-def smoothed_one_hot(labels, num_classes, smoothing=0.0):
-  """(1 - s) * onehot + s / num_classes, float32 (B, num_classes)."""
-  one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
-  return (1 - smoothing) * one_hot + np.float32(smoothing / num_classes)
-
-
-def mixup(videos, labels, num_classes, rng, alpha=0.4, smoothing=0.0):
-  """Batch mixup (official MixUper): returns (mixed videos float32, soft targets float32 (B, C)).
-
-  One lam ~ Beta(alpha, alpha) and one permutation per batch: videos = lam * x + (1 - lam) * x[perm],
-  targets = lam * t(y) + (1 - lam) * t(y[perm]) with t = `smoothed_one_hot`. Cross-entropy against
-  these targets equals the official lam * L(y) + (1 - lam) * L(y[perm]) with L = timm's
-  LabelSmoothingCrossEntropy(smoothing), since (1 - s) * NLL + s * mean_c(-log p_c) =
-  -sum_c t_c log p_c and the loss is linear in the target. alpha == 0: videos unchanged, targets t(y).
-  """
-  videos = np.asarray(videos, np.float32)
-  labels = np.asarray(labels)
-  targets = smoothed_one_hot(labels, num_classes, smoothing)
-  if alpha == 0:
-    return videos, targets
-  lam = np.float32(rng.beta(alpha, alpha))
-  perm = rng.permutation(len(videos))
-  return lam * videos + (1 - lam) * videos[perm], lam * targets + (1 - lam) * targets[perm]

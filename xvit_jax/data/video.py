@@ -88,6 +88,15 @@ def decode(path_or_bytes, *, name=None):
   return np.stack(frames)
 
 
+MIN_FRAMES = 3  # a video with fewer frames is unreadable: the official loaders skip it (reference 5.2)
+
+
+def check_readable(num_video_frames, name):
+  """UserError naming the video `name` if it has fewer than MIN_FRAMES frames."""
+  if num_video_frames < MIN_FRAMES:
+    raise UserError(f"video {name} has {num_video_frames} frame(s); at least {MIN_FRAMES} are needed")
+
+
 def _check_length(num_video_frames):
   if num_video_frames < 1:
     raise UserError(f"cannot sample frames from a video with {num_video_frames} frames")

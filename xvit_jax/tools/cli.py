@@ -4,6 +4,7 @@ import difflib
 import os
 import re
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
@@ -21,13 +22,8 @@ def run(main):
     try:
       main()
     except UserError as e:
-      exit_with(e)
+      fail(e)
   app.run(guarded, flags_parser=parse_flags)
-
-
-def exit_with(error):
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(2)
 
 
 def parse_flags(argv):
@@ -48,7 +44,7 @@ def _check_config_flags(argv, *, overrides):
     for name in [n for n in flags.FLAGS if isinstance(flags.FLAGS[n].parser, config_flags_lib.ConfigFileFlagParser)]:
       _check_config_flag(name, argv, overrides)
   except UserError as e:
-    exit_with(e)
+    fail(e)
 
 
 def _check_config_flag(name, argv, overrides):
@@ -76,6 +72,19 @@ def _check_config_flag(name, argv, overrides):
         hint = f"; nearest: {', '.join(f"{name}.{known}{n}" for n in nearest)}" if nearest else ""
         raise UserError(f"{arg}: {path} has no field {name}.{known}{part}{hint}")
       node, known = node[part], f"{known}{part}."
+
+
+def fail(error):
+  """Ends the process on a UserError: its one line on stderr, exit status 2.
+
+  Only a command line, which owns the process, may do this: the process is ending, and background work
+  that libraries abandoned (orbax's checkpoint threads after a failed write, tensorstore callbacks on a
+  closed event loop) would print the same failure again as pages of tracebacks while it exits, so their
+  logging and exception hooks are silenced for the rest of the process."""
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  logging.set_verbosity(logging.FATAL)
+  sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
+  sys.exit(2)
 
 
 def define_flags(*, config, checkpoint, output):

@@ -15,7 +15,7 @@ import os
 import jax
 from absl import flags
 
-from xvit_jax import config_lib, export, predict
+from xvit_jax import config_lib, export, predict, state
 from xvit_jax.errors import UserError
 from xvit_jax.tools import cli
 
@@ -52,7 +52,7 @@ def export_checkpoint(config, checkpoint, output, *, weights_dtype="float32", pl
     if os.path.exists(saved_model):
       raise UserError(f"--saved-model={saved_model} exists; give a new directory")
   platforms = tuple(platforms) or None
-  model, step = predict.restore(config, checkpoint)
+  model, step = state.inference_model(config, checkpoint)
   exported = export.export(model, config, weights_dtype, platforms)
   blob = exported.serialize()
   float32_bytes = None
