@@ -17,6 +17,11 @@ def test_mixup_mixes_within_each_device_slice_with_one_lambda_each():
   np.testing.assert_allclose(mixed_video, video)  # same-group partners only
   np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, rtol=1e-6)
   t = np.asarray(mixed_targets).reshape(groups, per_group, classes)
-  lams = [sorted(np.round(row[row > 0], 5)) for g in t for row in g if (row > 0).sum() == 2]
-  assert lams, "with alpha 0.4 some clips mix two labels"
+  lams = {}  # group: the (smaller, larger) weights of its clips that mix two labels
+  for g, rows in enumerate(t):
+    pairs = {tuple(np.round(sorted(row[row > 0]), 5)) for row in rows if (row > 0).sum() == 2}
+    assert len(pairs) <= 1, f"group {g} mixes with more than one lambda: {pairs}"
+    lams.update((g, pair) for pair in pairs)
+  assert len(lams) >= 2, "with alpha 0.4 clips of several groups mix two labels"
+  assert len(set(lams.values())) == len(lams), "each group draws its own lambda"
   assert not np.allclose(mixed_targets, targets)
