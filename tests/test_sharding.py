@@ -131,10 +131,16 @@ def _batch(config, size=8):
   return {"video": video, "label": jnp.arange(size) % m.num_classes}
 
 
-def test_gradient_accumulation_equals_the_whole_batch():
-  whole = tiny_config()
-  params_whole, metrics_whole, _ = _one_step(whole, _batch(whole))
-  start = jax.device_get(nnx.to_pure_dict(nnx.state(create_model(whole.model), nnx.Param)))
+@pytest.fixture(scope="module")
+def float32_step():
+  """One float32 step of tiny_config() on the whole batch: (params, metrics, opt_state)."""
+  config = tiny_config()
+  return _one_step(config, _batch(config))
+
+
+def test_gradient_accumulation_equals_the_whole_batch(float32_step):
+  params_whole, metrics_whole, _ = float32_step
+  start = jax.device_get(nnx.to_pure_dict(nnx.state(create_model(tiny_config().model), nnx.Param)))
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params_whole), jax.tree.leaves(start)))
   for accum in (2, 4):
     split = tiny_config()
@@ -164,10 +170,10 @@ def test_remat_gives_the_same_gradients_with_less_memory():
   assert temp[True] < 0.6 * temp[False], temp
 
 
-def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
-  f32, bf16 = tiny_config(), tiny_config()
+def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(float32_step):
+  bf16 = tiny_config()
   bf16.dtype = "bfloat16"
-  params_32, metrics_32, _ = _one_step(f32, _batch(f32))
+  params_32, metrics_32, _ = float32_step
   params_16, metrics_16, opt_state_16 = _one_step(bf16, _batch(bf16))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params_16))
   moments = [leaf for leaf in jax.tree.leaves(opt_state_16) if np.issubdtype(leaf.dtype, np.floating)]
