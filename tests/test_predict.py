@@ -18,7 +18,7 @@ def imported(tmp_path_factory):
   root = tmp_path_factory.mktemp("predict")
   sd = random_official_state_dict(num_classes=5, hidden=32, depth=2, heads=4, patch=8, image_size=32, seed=9)
   np.savez(root / "official.npz", **sd)
-  import_official(official_official_small_config(), root / "official.npz", root / "ckpt")
+  import_official(official_small_config(), root / "official.npz", root / "ckpt")
   rng = np.random.default_rng(0)
   frames = np.repeat(np.repeat(rng.integers(0, 256, (40, 12, 16, 3), dtype=np.uint8), 4, axis=1), 4, axis=2)
   write_video(root / "clip.mp4", frames)  # 40 frames of 48x64
