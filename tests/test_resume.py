@@ -11,7 +11,7 @@ import numpy as np
 
 import pytest
 
-from conftest import final_params, read_metrics, saved_steps, start_main, train_main, wait_for
+from conftest import final_params, read_metrics, run_main, saved_steps, start_main, train_main, wait_for
 from xvit_jax import checkpoints
 
 RUN = ["--config.total_steps=24", "--config.checkpoint_every=3", "--config.log_every=1", "--config.eval_every=15",
@@ -20,9 +20,11 @@ RUN = ["--config.total_steps=24", "--config.checkpoint_every=3", "--config.log_e
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """The uninterrupted run (in this process): its final parameters and its {step: train loss}."""
+  """The uninterrupted run, as a process like the runs it is compared with bitwise: its final parameters and
+  its {step: train loss}."""
   workdir = tmp_path_factory.mktemp("reference")
-  train_main(workdir, *RUN)
+  result = run_main(workdir, *RUN)
+  assert result.returncode == 0, result.stderr[-2000:]
   return final_params(workdir), train_losses(workdir)
 
 
@@ -58,8 +60,9 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_the_uninterrupted_run(tmp_
   assert not any(line.startswith("eval at step 15") for line in run.lines), "killed after the evaluation"
   assert saved_steps(work)[-1] < 24, "killed too late to test anything"
 
-  resumed, _ = train_main(work, *RUN)
-  assert "resumed from" in resumed and "data stream at the saved position" in resumed
+  resumed = run_main(work, *RUN)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from" in resumed.stdout and "data stream at the saved position" in resumed.stdout
   assert_same_params(final_params(work), expected_params)
   assert train_losses(work) == expected_losses  # the same batches, step by step
 
@@ -78,8 +81,9 @@ def test_sigterm_saves_exits_143_and_the_same_command_resumes(tmp_path, referenc
   assert 5 <= stopped < 24 and stopped in saved_steps(work)
   assert "run the same command to resume" in stdout
 
-  resumed, _ = train_main(work, *RUN)
-  assert f"steps {stopped}..24" in resumed
+  resumed = run_main(work, *RUN)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"steps {stopped}..24" in resumed.stdout
   assert_same_params(final_params(work), reference[0])
 
 
