@@ -4,71 +4,29 @@ Good videos plus a corrupt, a truncated, a zero-length and a missing one, an unk
 and a malformed row: those are skipped and reported. Small videos are never upscaled; larger ones get short side 256.
 """
 
-import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 
-import av
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import grey, grey_frames, grey_video, prepare, train_smoke, write_csv, write_video
 from xvit_jax.data import video
 from xvit_jax.data.builders import common
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def grey(i):
-  return 5 * i + 20  # frame i is a flat grey of this level: order and count survive a lossy codec
-
-
-def encode_greys(container, codec, num, height, width, rate, pix_fmt="yuv420p"):
-  stream = container.add_stream(codec, rate=rate)
-  stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-  for i in range(num):
-    container.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((height, width, 3), grey(i), np.uint8), "rgb24")))
-  container.mux(stream.encode())
-
-
-def write_video(path, num=12, height=48, width=64, codec="libx264", rate=25):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with av.open(str(path), "w") as container:
-    encode_greys(container, codec, num, height, width, rate)
-  return path
 
 
 def write_frames(folder, num):
   """EPIC-style frame_0000000001.jpg ... (64x48) written with PyAV's image2 muxer."""
-  os.makedirs(folder, exist_ok=True)
-  with av.open(os.path.join(folder, "frame_%010d.jpg"), "w", format="image2", options={"start_number": "1"}) as c:
-    encode_greys(c, "mjpeg", num, 48, 64, 50, pix_fmt="yuvj420p")
+  write_video(os.path.join(folder, "frame_%010d.jpg"), grey_frames(num, 48, 64, grey), codec="mjpeg", rate=50,
+              pix_fmt="yuvj420p", format="image2", options={"start_number": "1"})
 
 
 def write_bad_files(good, corrupt, truncated, empty):
   corrupt.write_bytes(np.random.default_rng(0).bytes(3000))
   truncated.write_bytes(good.read_bytes()[:400])
   empty.write_bytes(b"")
-
-
-def write_csv(path, header, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    csv.writer(f).writerows([header, *rows])
-
-
-def prepare(tmp, name, *extra, returncode=0):
-  """Runs the prepare command as a user would: (stdout + stderr, seconds)."""
-  start = time.time()
-  run = subprocess.run([sys.executable, "-m", "xvit_jax.data.prepare", f"--dataset={name}",
-                        f"--manual_dir={tmp / 'manual'}", f"--data_dir={tmp / 'data'}", "--workers=2", *extra],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert run.returncode == returncode, run.stdout + run.stderr
-  return (run.stderr if returncode else run.stdout + run.stderr), time.time() - start
 
 
 def read(tmp, name):
@@ -84,17 +42,6 @@ def read(tmp, name):
   return records, tfds.builder(name, data_dir=str(tmp / "data")).info, report
 
 
-def train_smoke(tmp, config):
-  """`main --config=CONFIG:smoke` on what prepare wrote in tmp/data: 3 training steps and an evaluation."""
-  run = subprocess.run([sys.executable, "-m", "xvit_jax.main", f"--config={config}:smoke",
-                        f"--config.data.data_dir={tmp / 'data'}", f"--workdir={tmp / 'run'}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "step 3/3 | loss" in run.stdout and "eval at step 3: top1" in run.stdout
-  with open(tmp / "run" / "metrics.jsonl") as f:
-    return [json.loads(line) for line in f]
-
-
 def check_video(record, num, height=48, width=64):
   frames = video.decode(record["video"])
   assert frames.shape == (num, height, width, 3) and record["num_frames"] == num
@@ -103,15 +50,15 @@ def check_video(record, num, height=48, width=64):
 
 def test_kinetics400_flat_and_per_class_layouts_with_bad_examples_and_resume(tmp_path):
   m = tmp_path / "manual"
-  good = write_video(m / "train" / "aaa_000000_000010.mp4")
-  write_video(m / "train" / "bbb_000005_000015.mp4", height=300, width=400)  # stored at 256x340
-  write_video(m / "train" / "ccc_000001_000011.mp4", num=8, height=64, width=48)  # portrait
+  good = grey_video(m / "train" / "aaa_000000_000010.mp4")
+  grey_video(m / "train" / "bbb_000005_000015.mp4", height=300, width=400)  # stored at 256x340
+  grey_video(m / "train" / "ccc_000001_000011.mp4", num=8, height=64, width=48)  # portrait
   write_bad_files(good, m / "train" / "ddd_000000_000010.mp4", m / "train" / "jjj_000000_000010.mp4",
                   m / "train" / "eee_000000_000010.mp4")
-  write_video(m / "val" / "abseiling" / "ggg_000002_000012.mp4")
-  write_video(m / "val" / "playing_guitar" / "hhh_000000_000010.mp4", num=10)
-  write_video(m / "val" / "skydiving" / "iii_000000_000010.mp4")
-  os.symlink(write_video(tmp_path / "elsewhere" / "lll_000000_000010.mp4"), m / "train" / "lll_000000_000010.mp4")
+  grey_video(m / "val" / "abseiling" / "ggg_000002_000012.mp4")
+  grey_video(m / "val" / "playing_guitar" / "hhh_000000_000010.mp4", num=10)
+  grey_video(m / "val" / "skydiving" / "iii_000000_000010.mp4")
+  os.symlink(grey_video(tmp_path / "elsewhere" / "lll_000000_000010.mp4"), m / "train" / "lll_000000_000010.mp4")
   header = ["label", "youtube_id", "time_start", "time_end", "split"]
   write_csv(m / "annotations" / "train.csv", header, [
       ["abseiling", "aaa", 0, 10, "train"], ["zumba", "bbb", 5, 15, "train"],
@@ -158,7 +105,7 @@ def test_kinetics400_flat_and_per_class_layouts_with_bad_examples_and_resume(tmp
 def test_kinetics600_per_class_train_flat_validate_unlabelled_test_and_max_examples(tmp_path):
   m = tmp_path / "manual"
   for path in ["train/abseiling/aaa", "train/zumba/bbb", "train/zumba/ccc", "validate/ddd", "test/eee"]:
-    write_video(m / f"{path}_000000_000010.mp4")
+    grey_video(m / f"{path}_000000_000010.mp4")
   header = ["label", "youtube_id", "time_start", "time_end", "split"]
   write_csv(m / "train.csv", header, [["abseiling", "aaa", 0, 10, "train"], ["zumba", "bbb", 0, 10, "train"],
                                       ["zumba", "ccc", 0, 10, "train"]])
@@ -177,9 +124,9 @@ def test_something_something_v2(tmp_path):
   names = ["Approaching something with your camera", "Putting something on something",
            "Pushing something from left to right"]
   for i, num in [(1, 12), (2, 9), (5, 12), (7, 12), (8, 6)]:
-    write_video(videos / f"{i}.webm", num=num, codec="libvpx-vp9")
+    grey_video(videos / f"{i}.webm", num=num, codec="libvpx-vp9")
   write_bad_files(videos / "1.webm", videos / "3.webm", videos / "9.webm", videos / "4.webm")
-  os.symlink(write_video(tmp_path / "elsewhere" / "10.webm", codec="libvpx-vp9"), videos / "10.webm")
+  os.symlink(grey_video(tmp_path / "elsewhere" / "10.webm", codec="libvpx-vp9"), videos / "10.webm")
   (m / "something-something-v2-labels.json").write_text(json.dumps({n: str(i) for i, n in enumerate(names)}))
   entry = lambda i, template: {"id": str(i), "label": "x", "template": template, "placeholders": ["x"]}
   train = [entry(1, "Putting [something] on [something]"), entry(2, "Approaching [something] with your camera"),
@@ -211,7 +158,7 @@ def test_epic_kitchens_100_frame_folders_and_videos(tmp_path):
     write_csv(m / f"EPIC_100_{kind}_classes.csv", ["id", "key", "instances", "category"],
               [[i, f"{kind}{i}", "[]", "x"] for i in range(num)])
   write_frames(m / "P01" / "rgb_frames" / "P01_01", 30)
-  write_video(m / "P02" / "videos" / "P02_01.MP4", num=40, height=300, width=400, rate=50)
+  grey_video(m / "P02" / "videos" / "P02_01.MP4", num=40, height=300, width=400, rate=50)
   write_frames(tmp_path / "elsewhere" / "P04_01", 10)
   os.makedirs(m / "P04" / "rgb_frames")
   os.symlink(tmp_path / "elsewhere" / "P04_01", m / "P04" / "rgb_frames" / "P04_01")
@@ -259,7 +206,7 @@ def crash(*_):
 
 
 def test_a_dying_worker_fails_only_its_video_and_is_retried_by_the_next_run(tmp_path):
-  good = str(write_video(tmp_path / "good.mp4"))
+  good = str(grey_video(tmp_path / "good.mp4"))
   work = common.WorkDir(tmp_path / "work")
   tasks = [("a", common.load_video, (good,)), ("crash", crash, ()), ("b", common.load_video, (good,))]
   results = work.run(tasks, workers=2, name="test")

@@ -1,26 +1,16 @@
 """Official PyTorch X-ViT weights in and out: logits equal the official forward (independent numpy
 transcription, tests/official_numpy.py) within 1e-4 of the largest logit; export round-trips exactly."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO, tiny_config
+from conftest import load_config, tiny_config
 from official_numpy import official_forward, random_official_state_dict
 from xvit_jax.convert import official
 from xvit_jax.errors import UserError
 from xvit_jax.models import create_model
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def model_from_official(cfg, state_dict):

@@ -1,7 +1,6 @@
 """tools.export: a self-contained jax.export artifact and its model card, run where xvit_jax is not."""
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -12,16 +11,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from conftest import REPO
-from xvit_jax import checkpoints, predict
+from conftest import demo_config, export_tool, make_checkpoint, run_module
+from xvit_jax import predict
 from xvit_jax.errors import UserError
-from xvit_jax.models import create_model
-
-# configs/demo.py (32 px, 8 px patches, 64 wide, 4 classes, avg consensus), shallower and on 4 frames
-OVERRIDES = ["--config.model.num_layers=2", "--config.model.num_frames=4", "--config.model.mlp_dim=256",
-             "--config.eval.stride=10", "--config.eval.spatial_crops=3"]
 
 # what a deployment needs: jax, numpy and the two files; it must not be able to import xvit_jax
 LOADER = textwrap.dedent("""
@@ -46,38 +39,6 @@ LOADER = textwrap.dedent("""
                       "single_vs_batch": float(np.abs(single[0] - logits[0]).max()),
                       "top1": [card["labels"][i] for i in logits.argmax(-1)]}))
 """)
-
-
-def demo_config(*overrides):
-  """configs/demo.py with OVERRIDES and then `overrides` ("--config.a.b=value") applied, as the flags would."""
-  spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "configs/demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for arg in [*OVERRIDES, *overrides]:
-    *groups, name = arg[len("--config."):].split("=")[0].split(".")
-    node = config
-    for group in groups:
-      node = node[group]
-    node[name] = type(node[name])(arg.split("=", 1)[1])
-  return config
-
-
-def make_checkpoint(directory, config, *, step=0, seed=3, metrics=None):
-  """Parameters drawn from `seed` (not config.seed) saved as `step`, with `metrics` as training saves them."""
-  params = nnx.to_pure_dict(nnx.state(create_model(config.model, seed=seed), nnx.Param))
-  mngr = checkpoints.manager(str(directory))
-  checkpoints.save(mngr, step, params, metrics=metrics)
-  mngr.wait_until_finished()
-  mngr.close()
-
-
-def run_module(module, *args, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def export_tool(*args):
-  return run_module("xvit_jax.tools.export", "--config=configs/demo.py", *OVERRIDES, *args)
 
 
 @pytest.fixture(scope="module")

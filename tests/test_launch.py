@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, write_video
 
 LAUNCH = Path(REPO) / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
@@ -418,7 +418,6 @@ def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   import nbformat
   from nbclient import NotebookClient
   from official_numpy import official_forward, random_official_state_dict
-  from test_predict import write_mp4
   from xvit_jax import labels
   from xvit_jax.data import video
 
@@ -434,7 +433,7 @@ def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   (tmp_path / "tiny_k600.py").write_text(TINY_OFFICIAL_CONFIG)
   rng = np.random.default_rng(0)
   frames = np.repeat(np.repeat(rng.integers(0, 256, (40, 12, 16, 3), dtype=np.uint8), 4, axis=1), 4, axis=2)
-  write_mp4(tmp_path / "clip.mp4", frames)  # 40 frames of 48x64
+  write_video(tmp_path / "clip.mp4", frames)  # 40 frames of 48x64
   values = dict(
       INSTALL=False, REPO_DIR=REPO, REPO_URL="", ACCELERATOR="cpu", WORKDIR=str(tmp_path / "demo"), DEMO_STEPS=30,
       DEMO_FLAGS=["--config.eval_every=15", "--config.log_every=10", "--config.batch_size=8",

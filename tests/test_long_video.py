@@ -6,13 +6,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from test_export import demo_config, export_tool, make_checkpoint, run_module
-from test_predict import write_mp4  # h264 at 25 frames per second
+from conftest import DEMO_4_FRAMES, demo_config, export_tool, make_checkpoint, run_module
+from conftest import write_video as write_mp4  # h264 at 25 frames per second
 from xvit_jax import predict
 from xvit_jax.data import synthetic, video
 
-CONFIG = ["--config=configs/demo.py", "--config.model.num_layers=2", "--config.model.num_frames=4",
-          "--config.model.mlp_dim=256", "--config.eval.stride=10", "--config.eval.spatial_crops=3"]
+CONFIG = ["--config=configs/demo.py", *DEMO_4_FRAMES]
 SPAN = 4 * 10  # frames in a dense window: num_frames * eval.stride, 1.6 s at 25 fps
 
 

@@ -5,17 +5,12 @@ import importlib.util
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 
-from conftest import REPO
-from test_main import TINY, read_metrics, run_main
-from test_resume import saved_steps
-from test_sharding import _final_params
+from conftest import final_params, read_metrics, run_main, saved_steps, start_main
 
 RUN = ["--config.total_steps=6", "--config.log_every=1", "--config.eval_every=3", "--config.checkpoint_every=3"]
 
@@ -28,12 +23,8 @@ def free_port():
 
 def start_processes(workdir, *overrides, count=2):
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return [subprocess.Popen([sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
-                            *TINY, *overrides, f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
-                            f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-          for i in range(count)]
+  return [start_main(workdir, *overrides, f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
+                     f"--process_id={i}", collect=False) for i in range(count)]
 
 
 def finish(processes, timeout=300):
@@ -56,7 +47,7 @@ def test_two_processes_train_as_one(tmp_path):
     np.testing.assert_allclose(b["train/loss"], a["train/loss"], rtol=1e-5)
     if "eval/top1" in a:
       assert (b["eval/top1"], b["eval/videos"]) == (a["eval/top1"], a["eval/videos"])
-  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "one")), jax.tree.leaves(_final_params(tmp_path / "two"))):
+  for a, b in zip(jax.tree.leaves(final_params(tmp_path / "one")), jax.tree.leaves(final_params(tmp_path / "two"))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
   # both processes saved their data position; a restart resumes each from its own
@@ -67,7 +58,7 @@ def test_two_processes_train_as_one(tmp_path):
   codes, outputs = finish(start_processes(tmp_path / "two", *more))
   assert codes == [0, 0], outputs[0][1][-2000:]
   assert "data stream at the saved position" in outputs[0][0]
-  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / "one")), jax.tree.leaves(_final_params(tmp_path / "two"))):
+  for a, b in zip(jax.tree.leaves(final_params(tmp_path / "one")), jax.tree.leaves(final_params(tmp_path / "two"))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 

@@ -1,46 +1,32 @@
 """xvit_jax.predict on real encoded videos, on .npy inputs, and from Python."""
 
-import subprocess
-import sys
+import re
 
-import av
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import OFFICIAL_SMALL, import_official, official_small_config, run_module, write_video
 from official_numpy import official_forward, random_official_state_dict
-from test_tools import SMALL, small_config, tool
 from xvit_jax import predict
 from xvit_jax.data import video
-
-ARGS = SMALL
-
-
-def write_mp4(path, frames):
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream("h264", rate=25)
-    stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-    for image in frames:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-    container.mux(stream.encode())
+from xvit_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-  """A small official-layout model imported with the tool, and its state dict."""
+  """A small official-layout model imported as tools.import_official does, its state dict, a video."""
   root = tmp_path_factory.mktemp("predict")
   sd = random_official_state_dict(num_classes=5, hidden=32, depth=2, heads=4, patch=8, image_size=32, seed=9)
   np.savez(root / "official.npz", **sd)
-  assert tool("import_official", f"--checkpoint={root / 'official.npz'}", f"--output={root / 'ckpt'}").returncode == 0
+  import_official(official_small_config(), root / "official.npz", root / "ckpt")
   rng = np.random.default_rng(0)
   frames = np.repeat(np.repeat(rng.integers(0, 256, (40, 12, 16, 3), dtype=np.uint8), 4, axis=1), 4, axis=2)
-  write_mp4(root / "clip.mp4", frames)  # 40 frames of 48x64
+  write_video(root / "clip.mp4", frames)  # 40 frames of 48x64
   return root, sd
 
 
 def run_predict(*args):
-  return subprocess.run([sys.executable, "-m", "xvit_jax.predict", "--config=configs/official/k600_xvit_b16.py",
-                         *ARGS, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+  return run_module("xvit_jax.predict", "--config=configs/official/k600_xvit_b16.py", *OFFICIAL_SMALL, *args)
 
 
 def test_a_video_file_gives_the_official_models_summed_view_logits(imported):
@@ -68,28 +54,28 @@ def test_npy_batches_and_the_python_api(imported, tmp_path):
   result = run_predict(f"--checkpoint={root / 'ckpt'}", f"--video={tmp_path / 'batch.npy'}",
                        f"--logits-out={tmp_path / 'out.npy'}")
   assert result.returncode == 0, result.stderr[-2000:]
-  model = predict.load(small_config(), str(root / "ckpt"))
+  model = predict.load(official_small_config(), str(root / "ckpt"))
   np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model(batch), rtol=1e-5, atol=1e-5)
   assert model(batch[:1]).shape == (1, 5)
-  fresh = predict.load(small_config(), None)  # initialised from config.seed
+  fresh = predict.load(official_small_config(), None)  # initialised from config.seed
   assert not np.allclose(fresh(batch), model(batch))
 
 
 def test_bad_inputs_give_one_line(imported, tmp_path):
   root, _ = imported
   (tmp_path / "notes.mp4").write_text("not a video")
-  write_mp4(tmp_path / "short.mp4", np.zeros((2, 48, 64, 3), np.uint8))
+  write_video(tmp_path / "short.mp4", np.zeros((2, 48, 64, 3), np.uint8))
   np.save(tmp_path / "wrong.npy", np.zeros((16, 24, 24, 3), np.float32))
-  cases = {
-      str(tmp_path / "missing.mp4"): "cannot decode video",
+  missing = run_predict(f"--checkpoint={root / 'ckpt'}", f"--video={tmp_path / 'missing.mp4'}")  # the command
+  assert missing.returncode == 2, missing.stderr[-1000:]
+  assert missing.stderr.strip().splitlines()[-1].startswith(f"error: cannot decode video {tmp_path / 'missing.mp4'}")
+  cases = {  # the same error from Python
       str(tmp_path / "notes.mp4"): "cannot decode video",
       str(tmp_path / "short.mp4"): "has 2 frame(s); at least 3 are needed",
       str(tmp_path / "wrong.npy"): "input of shape (1, 16, 24, 24, 3) does not fit the model: it needs (B, 16, 32, 32, 3)",
   }
   for path, message in cases.items():
-    result = run_predict(f"--checkpoint={root / 'ckpt'}", f"--video={path}")
-    assert result.returncode == 2, (path, result.stderr[-1000:])
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, last
-  no_ckpt = run_predict(f"--checkpoint={tmp_path / 'nothing'}", f"--video={root / 'clip.mp4'}")
-  assert no_ckpt.returncode == 2 and "no checkpoint in" in no_ckpt.stderr
+    with pytest.raises(UserError, match=re.escape(message)):
+      predict.run(official_small_config(), str(root / "ckpt"), path)
+  with pytest.raises(UserError, match="no checkpoint in"):
+    predict.run(official_small_config(), str(tmp_path / "nothing"), str(root / "clip.mp4"))

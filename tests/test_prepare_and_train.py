@@ -1,22 +1,18 @@
 """A user's whole path on a real (tiny) dataset: prepare Kinetics-400 from its distributed layout, then
 train and evaluate `configs/k400.py:smoke` on it, as the README says."""
 
-import subprocess
-import sys
-
-from conftest import REPO
-from test_builders import prepare, train_smoke, write_csv, write_video
+from conftest import grey_video, prepare, run_module, train_smoke, write_csv
 
 
 def test_prepare_kinetics_then_train_and_evaluate_on_it(tmp_path):
   m = tmp_path / "manual"
   rows = []
   for i, label in enumerate(["abseiling", "zumba", "abseiling", "zumba"]):
-    write_video(m / "train" / f"t{i}_000000_000010.mp4", num=20)
+    grey_video(m / "train" / f"t{i}_000000_000010.mp4", num=20)
     rows.append([label, f"t{i}", 0, 10, "train"])
   header = ["label", "youtube_id", "time_start", "time_end", "split"]
   write_csv(m / "annotations" / "train.csv", header, rows)
-  write_video(m / "val" / "v0_000000_000010.mp4", num=20)
+  grey_video(m / "val" / "v0_000000_000010.mp4", num=20)
   (m / "val" / "v1_000000_000010.mp4").write_bytes(b"broken")  # reported at preparation, skipped
   write_csv(m / "annotations" / "validate.csv", header, [["zumba", "v0", 0, 10, "validate"],
                                                          ["abseiling", "v1", 0, 10, "validate"]])
@@ -27,9 +23,8 @@ def test_prepare_kinetics_then_train_and_evaluate_on_it(tmp_path):
   assert last["step"] == 3 and last["eval/videos"] == 1 and last["eval/skipped"] == 0
   assert 0 <= last["eval/top1"] <= last["eval/top5"] <= 1
 
-  missing = subprocess.run(
-      [sys.executable, "-m", "xvit_jax.main", "--config=configs/ssv2.py", f"--workdir={tmp_path / 'run2'}",
-       f"--config.data.data_dir={tmp_path / 'data'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  missing = run_module("xvit_jax.main", "--config=configs/ssv2.py", f"--workdir={tmp_path / 'run2'}",
+                       f"--config.data.data_dir={tmp_path / 'data'}")
   assert missing.returncode == 2
   assert missing.stderr.strip().splitlines()[-1].startswith(
       "error: dataset something_something_v2 split 'train' is not prepared in config.data.data_dir=")

@@ -3,7 +3,7 @@
 import numpy as np
 from flax import nnx
 
-from conftest import tiny_config
+from conftest import tiny_config, train_main
 from xvit_jax.convert import official, pretrained
 from xvit_jax.models import create_model
 
@@ -79,16 +79,8 @@ def test_timm_state_dict_gives_the_same_model_as_the_google_npz(tmp_path):
 
 
 def test_main_fine_tunes_from_an_imagenet21k_npz_with_no_other_step(tmp_path):
-  import subprocess
-  import sys
-  from conftest import REPO
   google_vit_npz(tmp_path / "ViT.npz", grid=2, rng=np.random.default_rng(2))
-  result = subprocess.run(
-      [sys.executable, "-m", "xvit_jax.main", "--config=configs/demo.py", f"--workdir={tmp_path / 'run'}",
-       f"--config.init_from={tmp_path / 'ViT.npz'}", "--config.model.num_layers=2", "--config.model.hidden_size=32", "--config.model.mlp_dim=64",
-       "--config.total_steps=2", "--config.optimizer.warmup_steps=1",
-       "--config.batch_size=4", "--config.data.eval_size=4"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  line = next(l for l in result.stdout.splitlines() if l.startswith("initialised from"))
+  stdout, _ = train_main(tmp_path / "run", "--config.total_steps=2", f"--config.init_from={tmp_path / 'ViT.npz'}")
+  line = next(l for l in stdout.splitlines() if l.startswith("initialised from"))
   assert "parameters loaded" in line and "fresh: head/fc/bias, head/fc/kernel, temp_embed" in line
   assert "base_model.pre_logits.fc.weight" in line

@@ -2,7 +2,6 @@
 the training an unsharded float32 step gives, on real multi-device meshes."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,12 +12,11 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from conftest import REPO, tiny_config
-from test_main import read_metrics, run_main
-from xvit_jax import checkpoints, optim, sharding, train
+from conftest import REPO, cpu_env, final_params, main_config, read_metrics, tiny_config, train_main
+from xvit_jax import optim, sharding, train
 from xvit_jax import state as state_lib
 from xvit_jax.errors import UserError
-from xvit_jax.models import abstract_params, create_model
+from xvit_jax.models import create_model
 
 MESH = AbstractMesh((2, 4, 2), sharding.AXES)
 
@@ -51,12 +49,14 @@ def test_mesh_sizes_resolve_and_mismatches_name_the_numbers():
     sharding.mesh_shape({"data": 2, "fsdp": 4, "tensor": 2}, 8)
 
 
-STATE_ON_8_DEVICES = """
+# 8 host devices, set before JAX starts: the state's placement, then `python -m xvit_jax.main`'s training
+# (train_and_evaluate) of each run given as {workdir: [overrides]} in argv[1]
+ON_8_DEVICES = """
 import json, sys
 sys.path.insert(0, "tests")
 import jax
-from conftest import tiny_config
-from xvit_jax import optim, sharding, state, trees
+from conftest import main_config, tiny_config
+from xvit_jax import optim, sharding, state, train, trees
 c = tiny_config(num_layers=1, hidden_size=64, num_heads=4, mlp_dim=256, num_frames=4, image_size=32)
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
 mesh = sharding.make_mesh(c.mesh)
@@ -64,16 +64,30 @@ tx, _ = optim.make_optimizer(c.optimizer, c.total_steps)
 _, created, _ = state.create(c, tx, mesh)
 out = {name: [str(leaf.sharding.spec), list(leaf.addressable_shards[0].data.shape), len(leaf.sharding.device_set)]
        for name, leaf in trees.flatten(created).items()}
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+for workdir, overrides in json.loads(sys.argv[1]).items():
+  train.train_and_evaluate(main_config(*overrides), workdir)
 """
 
+STEPS = ["--config.total_steps=3", "--config.log_every=1", "--config.eval_every=3"]
+MESHES = {"dp2_fsdp4": (2, 4, 1), "dp2_fsdp2_tp2": (2, 2, 2)}
 
-def test_state_is_created_sharded_on_eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", STATE_ON_8_DEVICES], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+
+@pytest.fixture(scope="module")
+def on_8_devices(tmp_path_factory):
+  """One process with 8 devices: (the state's placement, its stdout, the workdir of each of MESHES)."""
+  root = tmp_path_factory.mktemp("sharded")
+  runs = {str(root / name): [*STEPS, f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}",
+                             f"--config.mesh.tensor={tensor}"] for name, (data, fsdp, tensor) in MESHES.items()}
+  result = subprocess.run([sys.executable, "-c", ON_8_DEVICES, json.dumps(runs)], cwd=REPO, env=cpu_env(8),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  placed = json.loads(result.stdout.strip().splitlines()[-1])
+  placed = json.loads(result.stdout.splitlines()[0])
+  return placed, result.stdout, {name: root / name for name in MESHES}
+
+
+def test_state_is_created_sharded_on_eight_devices(on_8_devices):
+  placed = on_8_devices[0]
   spec, shard, devices = placed["params/blocks/0/mlp/fc1/kernel"]
   assert spec == str(P("fsdp", "tensor")) and shard == [32, 128] and devices == 8
   spec, shard, _ = placed["opt_state/2/0/blocks/0/mlp/fc1/kernel"]  # the momentum: sharded alike
@@ -83,39 +97,22 @@ def test_state_is_created_sharded_on_eight_devices():
   assert placed["params/pos_embed"][:2] == [str(P(None, None)), [17, 64]]  # 17x64 is below FSDP_MIN_SIZE
 
 
-def _demo_tiny_model():
-  """config.model of configs/demo.py with test_main.TINY's overrides."""
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  model = demo.get_config().model
-  model.hidden_size, model.mlp_dim, model.num_layers, model.image_size, model.num_frames = 32, 64, 2, 16, 4
-  return model
-
-
-def _final_params(workdir):
-  template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract_params(_demo_tiny_model()))
-  return checkpoints.latest_params(str(workdir), template)[1]
-
-
-def test_sharded_training_equals_one_device(tmp_path):
+def test_sharded_training_equals_one_device(on_8_devices, tmp_path):
   """The same global batch on 1 device, on data=2 x fsdp=4 and on data=2 x fsdp=2 x tensor=2: the same
   losses and parameters after 3 steps, within float32 reduction-order tolerance."""
-  runs = {"1": ("1", "-1", "1", "1"), "dp2_fsdp4": ("8", "2", "4", "1"), "dp2_fsdp2_tp2": ("8", "2", "2", "2")}
-  params, losses = {}, {}
-  for name, (devices, data, fsdp, tensor) in runs.items():
-    result = run_main(tmp_path / name, "--config.total_steps=3", "--config.log_every=1", "--config.eval_every=3",
-                      f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}",
-                      devices=int(devices))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"mesh data={data if data != '-1' else 1} x fsdp={fsdp} x tensor={tensor}" in result.stdout
-    losses[name] = [r["train/loss"] for r in read_metrics(tmp_path / name)]
-    params[name] = _final_params(tmp_path / name)
-  start = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(create_model(
-      _demo_tiny_model(), seed=0), nnx.Param)))
-  moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params["1"]), jax.tree.leaves(start)))
+  _, stdout, workdirs = on_8_devices
+  single, _ = train_main(tmp_path, *STEPS)  # this process: one device
+  assert "1 device(s)" in single and "mesh data=1 x fsdp=1 x tensor=1" in single
+  for data, fsdp, tensor in MESHES.values():
+    assert f"8 device(s) in 1 process(es), mesh data={data} x fsdp={fsdp} x tensor={tensor}" in stdout
+  start = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(create_model(main_config().model, seed=0), nnx.Param)))
+  params = final_params(tmp_path)
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start)))
   assert moved > 1e-3, "three steps must move the parameters, or the comparison proves nothing"
-  for name in ("dp2_fsdp4", "dp2_fsdp2_tp2"):
-    np.testing.assert_allclose(losses[name], losses["1"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(params["1"])):
+  losses = [r["train/loss"] for r in read_metrics(tmp_path)]
+  for workdir in workdirs.values():
+    np.testing.assert_allclose([r["train/loss"] for r in read_metrics(workdir)], losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(final_params(workdir)), jax.tree.leaves(params)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -127,7 +124,7 @@ def _one_step(config, batch):
   graphdef, state, shardings = state_lib.create(config, tx, mesh)
   step = train.make_train_step(config, graphdef, tx, schedule, shardings=shardings)
   state, metrics = step(state, batch)
-  return jax.device_get(nnx.to_pure_dict(state["params"])), jax.device_get(metrics)
+  return jax.device_get(nnx.to_pure_dict(state["params"])), jax.device_get(metrics), jax.device_get(state["opt_state"])
 
 
 def _batch(config, size=8):
@@ -136,15 +133,21 @@ def _batch(config, size=8):
   return {"video": video, "label": jnp.arange(size) % m.num_classes}
 
 
-def test_gradient_accumulation_equals_the_whole_batch():
-  whole = tiny_config()
-  params_whole, metrics_whole = _one_step(whole, _batch(whole))
-  start = jax.device_get(nnx.to_pure_dict(nnx.state(create_model(whole.model), nnx.Param)))
+@pytest.fixture(scope="module")
+def float32_step():
+  """One float32 step of tiny_config() on the whole batch: (params, metrics, opt_state)."""
+  config = tiny_config()
+  return _one_step(config, _batch(config))
+
+
+def test_gradient_accumulation_equals_the_whole_batch(float32_step):
+  params_whole, metrics_whole, _ = float32_step
+  start = jax.device_get(nnx.to_pure_dict(nnx.state(create_model(tiny_config().model), nnx.Param)))
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params_whole), jax.tree.leaves(start)))
   for accum in (2, 4):
     split = tiny_config()
     split.grad_accum_steps = accum
-    params_split, metrics_split = _one_step(split, _batch(split))
+    params_split, metrics_split, _ = _one_step(split, _batch(split))
     np.testing.assert_allclose(metrics_split["train/loss"], metrics_whole["train/loss"], rtol=1e-5)
     np.testing.assert_allclose(metrics_split["train/accuracy"], metrics_whole["train/accuracy"])
     np.testing.assert_allclose(metrics_split["train/grad_norm"], metrics_whole["train/grad_norm"], rtol=1e-4)
@@ -169,11 +172,15 @@ def test_remat_gives_the_same_gradients_with_less_memory():
   assert temp[True] < 0.6 * temp[False], temp
 
 
-def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
-  f32, bf16 = tiny_config(), tiny_config()
+def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(float32_step):
+  bf16 = tiny_config()
   bf16.dtype = "bfloat16"
-  params_32, metrics_32 = _one_step(f32, _batch(f32))
-  params_16, metrics_16 = _one_step(bf16, _batch(bf16))
+  params_32, metrics_32, _ = float32_step
+  params_16, metrics_16, opt_state_16 = _one_step(bf16, _batch(bf16))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params_16))
+  moments = [leaf for leaf in jax.tree.leaves(opt_state_16) if np.issubdtype(leaf.dtype, np.floating)]
+  assert len(moments) == len(jax.tree.leaves(params_16)), "one momentum buffer per parameter"
+  assert all(leaf.dtype == np.float32 for leaf in moments)
+  assert any(np.abs(leaf).max() > 0 for leaf in moments)  # the step wrote them
   assert abs(float(metrics_16["train/loss"]) - float(metrics_32["train/loss"])) < 0.05 * float(metrics_32["train/loss"])
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params_16), jax.tree.leaves(params_32)))

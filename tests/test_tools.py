@@ -1,39 +1,15 @@
 """tools.import_official and tools.export_official as a user runs them."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import REPO
+from conftest import import_official, official_small_config, tool, train_main
 from official_numpy import official_forward, random_official_state_dict
 from xvit_jax import checkpoints
 from xvit_jax.models import create_model
-
-SMALL = ["--config.model.hidden_size=32", "--config.model.num_heads=4", "--config.model.mlp_dim=128",
-         "--config.model.num_layers=2", "--config.model.patch_size=8", "--config.model.image_size=32",
-         "--config.model.num_classes=5", "--config.data.label_names="]
-
-
-def tool(name, *args):
-  return subprocess.run([sys.executable, "-m", f"xvit_jax.tools.{name}", "--config=configs/official/k600_xvit_b16.py",
-                         *SMALL, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-def small_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("k600", os.path.join(REPO, "configs/official/k600_xvit_b16.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  for arg in SMALL:
-    field, value = arg[len("--config."):].split("=")
-    group, name = field.split(".")
-    c[group][name] = int(value) if group == "model" else value
-  return c
 
 
 @pytest.fixture
@@ -50,7 +26,7 @@ def test_import_gives_the_official_logits_and_export_round_trips(tmp_path, offic
   assert result.returncode == 0, result.stderr[-2000:]
   assert "imported" in result.stdout
 
-  cfg = small_config()
+  cfg = official_small_config()
   model = create_model(cfg.model)
   state = nnx.state(model, nnx.Param)
   step, params = checkpoints.latest_params(str(tmp_path / "ckpt"), nnx.to_pure_dict(state))
@@ -89,16 +65,12 @@ def test_a_checkpoint_that_does_not_fit_writes_nothing(tmp_path, official_npz):
 
 def test_main_evaluates_and_fine_tunes_an_imported_checkpoint(tmp_path, official_npz):
   _, path = official_npz
-  assert tool("import_official", f"--checkpoint={path}", f"--output={tmp_path}").returncode == 0
+  import_official(official_small_config(), path, tmp_path)
   common = ["--config.model.num_frames=8", "--config.batch_size=2", "--config.data.eval_size=2",
             "--config.data.object_size=8", "--config.log_every=1"]
-  run = lambda *args: subprocess.run(
-      [sys.executable, "-m", "xvit_jax.main", "--config=configs/official/k600_xvit_b16.py", *SMALL, *common,
-       f"--workdir={tmp_path}", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-  evaluated = run("--mode=evaluate")
-  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-  assert "with a fresh optimizer" in evaluated.stdout and "evaluation: eval/top1" in evaluated.stdout
-  tuned = run("--config.total_steps=2", "--config.optimizer.warmup_steps=1")
-  assert tuned.returncode == 0, tuned.stderr[-2000:]
-  assert "steps 0..2" in tuned.stdout
+  evaluated, _ = train_main(tmp_path, *common, mode="evaluate", config=official_small_config())
+  assert "with a fresh optimizer" in evaluated and "evaluation: eval/top1" in evaluated
+  tuned, _ = train_main(tmp_path, *common, "--config.total_steps=2", "--config.optimizer.warmup_steps=1",
+                        config=official_small_config())
+  assert "steps 0..2" in tuned
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "2"]

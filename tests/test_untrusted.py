@@ -7,18 +7,17 @@ each layout in test_builders.py; tampered model cards in test_export.py.
 """
 
 import os
-import subprocess
 import sys
 import tracemalloc
 
-import av
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-from conftest import REPO, tiny_config
+from conftest import run_module, tiny_config, write_video
 from xvit_jax import predict
+from xvit_jax import state as state_lib
 from xvit_jax.convert import official, pretrained
 from xvit_jax.data import video
 from xvit_jax.errors import UserError
@@ -40,10 +39,6 @@ def official_state_dict(cfg, seed=0):
   """{official key: float32 array} of a tiny model with random weights."""
   params = nnx.to_pure_dict(nnx.state(create_model(cfg.model, seed=seed), nnx.Param))
   return {k: np.asarray(v, np.float32) for k, v in official.export_state_dict(params, cfg.model).items()}
-
-
-def run_module(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_a_pth_that_would_run_code_is_refused_in_one_line_and_runs_nothing(tmp_path):
@@ -78,7 +73,7 @@ def test_the_released_checkpoint_layout_and_plain_state_dicts_load(tmp_path):
                                   "param_groups": [{"lr": 0.03, "momentum": 0.9, "nesterov": True, "params": [0]}]},
               "best_top1": np.float64(0.75), "schedule": np.arange(3)}, tmp_path / "official.pth")
   import_official.import_checkpoint(cfg, str(tmp_path / "official.pth"), str(tmp_path / "imported"))
-  model = predict.restore(cfg, str(tmp_path / "imported"))[0]
+  model = state_lib.inference_model(cfg, str(tmp_path / "imported"))[0]
   back = official.export_state_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg.model)
   assert back.keys() == state.keys()
   for key, value in state.items():
@@ -107,12 +102,7 @@ def forged_y4m(path, width, height):
 
 def forged_avi(path, frames):
   """A real 8-frame MJPEG AVI whose headers (avih total frames, strh length) claim `frames` frames."""
-  with av.open(str(path), "w", format="avi") as container:
-    stream = container.add_stream("mjpeg", rate=30)
-    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuvj420p"
-    for _ in range(8):
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), "rgb24")))
-    container.mux(stream.encode())
+  write_video(path, np.zeros((8, 32, 32, 3), np.uint8), codec="mjpeg", rate=30, pix_fmt="yuvj420p")
   data = bytearray(path.read_bytes())
   total = data.index(b"avih") + 8 + 16  # after microseconds per frame, max bytes, padding, flags
   length = data.index(b"strh") + 8 + 32  # after type, handler, flags, priority, language, initial, scale, rate, start
@@ -145,12 +135,8 @@ def test_videos_whose_headers_claim_absurd_sizes_are_refused_before_decoding(tmp
 
 def test_a_whole_video_decode_stops_at_its_memory_budget(tmp_path, monkeypatch):
   counted = forged_avi(tmp_path / "clip.avi", 8)  # the container says 8 frames: refused before decoding
-  uncounted = tmp_path / "clip.y4m"  # YUV4MPEG2 says no count: refused once the decoded frames reach it
-  with av.open(str(uncounted), "w", format="yuv4mpegpipe") as container:
-    stream = container.add_stream("rawvideo", rate=30)
-    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-    for _ in range(8):
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), "rgb24")))
+  uncounted = write_video(tmp_path / "clip.y4m", np.zeros((8, 32, 32, 3), np.uint8), codec="rawvideo", rate=30,
+                          format="yuv4mpegpipe")  # YUV4MPEG2 says no count: refused once decoded frames reach it
   monkeypatch.setattr(video, "MAX_DECODED_BYTES", 5 * 32 * 32 * 3)
   with pytest.raises(UserError, match=r"8 frames of 32x32 pixels take 2.29e-05 GiB decoded, over the limit"):
     video.decode(counted)

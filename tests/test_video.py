@@ -6,6 +6,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import grey_video
 from xvit_jax.data import video
 from xvit_jax.errors import UserError
 
@@ -17,14 +18,7 @@ def grey(i):
 
 
 def write_video(path, codec, num=NUM, height=HEIGHT, width=WIDTH):
-  with av.open(str(path), "w") as container:
-    stream = container.add_stream(codec, rate=10)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    for i in range(num):
-      image = np.full((height, width, 3), grey(i), np.uint8)
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-    container.mux(stream.encode())
-  return path
+  return grey_video(path, num, height, width, codec, rate=10, level=grey)
 
 
 @pytest.fixture(scope="module")

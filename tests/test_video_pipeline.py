@@ -1,27 +1,12 @@
 """Real encoded videos through the train and eval pipelines: decode, sample, augment, views, fusion."""
 
-import io
-
-import av
-import jax
 import numpy as np
 from flax import nnx
 
-from conftest import tiny_config
+from conftest import mp4_bytes, tiny_config
 from xvit_jax import evaluate, sharding
 from xvit_jax.data import label_heads, pipeline, sources
 from xvit_jax.models import create_model
-
-
-def mp4_bytes(frames):
-  buffer = io.BytesIO()
-  with av.open(buffer, "w", format="mp4") as container:
-    stream = container.add_stream("h264", rate=25)
-    stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-    for image in frames:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-    container.mux(stream.encode())
-  return buffer.getvalue()
 
 
 def records():
@@ -71,6 +56,10 @@ def test_evaluation_fuses_views_per_video_and_counts_the_unreadable_ones():
   results = evaluate.evaluate(evaluate.make_eval_step(graphdef), params, batches,
                               lambda b: sharding.global_batch(mesh, b))
   assert results["eval/videos"] == 5 and results["eval/skipped"] == 2  # the broken one and the 2-frame one
+  # the pipeline's first video is views(source[0]) with its label: top-1 below is computed from the same views
+  first = views(source[0])
+  np.testing.assert_array_equal(batches[0]["video"][0], first["video"])
+  assert batches[0]["label"][0] == source[0]["label"] and batches[0]["mask"][0] == 1
   # the fused prediction of a video is the sum of its views' logits
   expected_top1 = np.mean([np.argmax(np.asarray(model(views(r)["video"])).sum(0)) == r["label"]
                            for r in source if r["id"] not in ("broken", "two_frames")])
