@@ -33,6 +33,7 @@ from ml_collections import config_flags
 from xvit_jax import export, labels, state
 from xvit_jax.errors import UserError
 
+
 def load(config, checkpoint_dir=None):
   """A callable (B, T, H, W, 3) float32 -> logits (B, num_classes) numpy; parameters from the newest
   checkpoint in `checkpoint_dir`, or initialised from `config.seed` when it is None."""
