@@ -3,7 +3,6 @@
 import io
 
 import av
-import jax
 import numpy as np
 from flax import nnx
 
