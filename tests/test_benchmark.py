@@ -20,7 +20,7 @@ def run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("benchmark")
   out, plot = tmp / "bench.json", tmp / "bench.png"
   proc = subprocess.run([sys.executable, "-m", "xvit_jax.benchmark", "--preset=quick", f"--out={out}", f"--plot={plot}"],
-                        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+                        cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(out.read_text()), plot, proc.stdout
 
