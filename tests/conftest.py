@@ -258,7 +258,7 @@ def prepare(tmp, name, *extra, returncode=0):
   """`python -m xvit_jax.data.prepare` from tmp/manual to tmp/data as a user runs it: (stdout + stderr, seconds)."""
   start = time.time()
   run = run_module("xvit_jax.data.prepare", f"--dataset={name}", f"--manual_dir={tmp / 'manual'}",
-                   f"--data_dir={tmp / 'data'}", "--workers=2", *extra, timeout=120)
+                   f"--data_dir={tmp / 'data'}", "--workers=2", *extra, timeout=300)
   assert run.returncode == returncode, run.stdout + run.stderr
   return (run.stderr if returncode else run.stdout + run.stderr), time.time() - start
 

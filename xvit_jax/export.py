@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from xvit_jax import checkpoints
+from xvit_jax import checkpoints, config_lib
 from xvit_jax.data import label_heads
 from xvit_jax.errors import UserError
 

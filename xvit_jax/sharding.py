@@ -130,8 +130,8 @@ def process_rows(mesh, global_batch):
   lo, hi = min(starts), max(stops)
   covered = sum(stop - start for start, stop in sorted(set(zip(starts, stops))))
   if covered != hi - lo:
-    raise UserError(f"this process's devices hold non-contiguous rows of the batch; use a mesh whose batch "
-                    f"axes (data, fsdp) follow the process order")
+    raise UserError("this process's devices hold non-contiguous rows of the batch; use a mesh whose batch "
+                    "axes (data, fsdp) follow the process order")
   return lo, hi
 
 

@@ -1,6 +1,5 @@
 """How per-frame features become clip logits: average consensus or the temporal-attention head."""
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
