@@ -149,8 +149,9 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
         try:
           checkpoints.restore_data(ckpt, step, train_batches)
           restored, data = True, "data stream at the saved position"
-        except ValueError:  # saved by another number of processes
-          data = f"data saved by another number of processes: order reseeded at step {step}"
+        except (KeyError, TypeError, ValueError):  # another number of processes, or a pipeline before 2026-12
+          data = (f"data position saved by another number of processes or an older pipeline (data.workers > 0 "
+                  f"before the batches were cut after the workers): order reseeded at step {step}")
       writer.print(f"resumed from {ckpt.directory}/{step} ({data})")
       return state, restored
     writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")

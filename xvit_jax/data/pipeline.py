@@ -34,7 +34,8 @@ class _ReadRow:
 
   def __call__(self, position):
     g = _global_position(position, self.global_batch, self.rows)
-    return self.clip_fn(self.source[self.order[g]], np.random.default_rng([self.seed, g]))
+    example = self.clip_fn(self.source[self.order[g]], np.random.default_rng([self.seed, g]))
+    return {} if example is None else example  # not None: grain's workers would drop it, out of turn
 
 
 def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0):
@@ -46,10 +47,9 @@ def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0):
   read = _ReadRow(source, order, clip_fn, seed, global_batch, rows)
   ds = grain.MapDataset.range(len(order) // global_batch * (rows[1] - rows[0])).map(read)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, workers), prefetch_buffer_size=2))
-  ds = ds.filter(lambda example: example is not None).batch(rows[1] - rows[0], drop_remainder=True)
-  if workers:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return ds
+  if workers:  # workers make examples (worker k every k-th of them, interleaved back in order); batches are
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))  # cut here, so they are the same
+  return ds.filter(bool).batch(rows[1] - rows[0], drop_remainder=True)  # {}: an unreadable record, skipped
 
 
 def eval_dataset(source, *, global_batch, views_fn, rows=None):
