@@ -8,8 +8,10 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -19,6 +21,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # tests import official_numpy as a plain module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One XLA compilation cache for the session, shared by this process and every process a test starts (they
+# inherit the environment): the same tiny train step is compiled once, not by each of the dozens of runs.
+# The cache is keyed by the program, the compile options and the devices, so it changes no result.
+_CACHE = tempfile.mkdtemp(prefix="xvit-jax-test-xla-cache-")
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 # configs/demo.py shrunk for the command-line tests: `--config=configs/demo.py *TINY`
 TINY = ["--config.model.hidden_size=32", "--config.model.mlp_dim=64", "--config.model.num_layers=2",
@@ -278,3 +287,7 @@ def repo():
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: long end-to-end checks (minutes); run with -m slow")
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(_CACHE, ignore_errors=True)
