@@ -3,7 +3,7 @@ paper's training recipe around it, and the `smoke` preset. Config files import t
 `common = config_lib.import_file("common.py", next_to=__file__)` (configs/ is not a Python package).
 """
 
-from xvit_jax import config_lib
+from xvit_jax import config_lib, optim
 from xvit_jax.data import registry
 
 
@@ -23,17 +23,22 @@ def official_xvit_b16(*, num_classes, shift_segment, shift_div):
   return c
 
 
-def paper_recipe(dataset, *, frames, steps_per_epoch, epochs):
+def paper_recipe(dataset, *, frames, train_videos, epochs, eval_every_epochs=1):
   """The paper's X-ViT-B/16 training recipe on a real dataset, as the official configs set it
   (reference sections 5 and 6); start it from ImageNet-21k with --config.init_from=ViT-B_16.npz.
-  The dataset's classes, label heads and class names come from xvit_jax/data/registry.py."""
+  The dataset's classes, label heads and class names come from xvit_jax/data/registry.py.
+
+  The schedule is in epochs of `train_videos` and the rates are the official ones at batch 64: steps,
+  warmup and the learning rates at the run's batch_size are derived at start (optim.resolve_schedule)."""
   c = official_xvit_b16(num_classes=registry.DATASETS[dataset].num_classes,
                         shift_segment=8 if frames == 16 else frames, shift_div=8)
   registry.apply_defaults(c, dataset)
   c.model.num_frames = frames
-  c.total_steps = epochs * steps_per_epoch
-  c.optimizer.warmup_steps = 5 * steps_per_epoch  # 5 warmup epochs, to the cosine's value at epoch 5
-  c.eval_every, c.checkpoint_every, c.log_every = steps_per_epoch, steps_per_epoch, 100
+  c.data.train_videos, c.epochs = train_videos, epochs
+  c.warmup_epochs = 5  # 5 warmup epochs, to the cosine's value at epoch 5
+  c.eval_every_epochs, c.checkpoint_every_epochs, c.log_every = eval_every_epochs, 1, 100
+  c.optimizer.base_batch, c.optimizer.base_learning_rate = 64, 0.03  # 8 GPUs x 8 clips
+  optim.derive_schedule(c)  # steps per epoch, total_steps, warmup_steps, eval_every, checkpoint_every, LRs
   c.augment.autoaugment = True
   return c
 
@@ -48,4 +53,5 @@ def smoke(c):
   c.augment.short_side_range = (36, 40)
   c.batch_size, c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 3, 1, 3, 3
   c.optimizer.warmup_steps = 1
+  c.optimizer.lr_scaling = "none"  # the recipe's rates at batch 64, unscaled
   return c

@@ -17,9 +17,9 @@ def get_config(arg="16"):
   if arg == "smoke":
     return common.smoke(get_config("8"))
   frames = int(arg)
-  c = common.paper_recipe("epic_kitchens_100", frames=frames, steps_per_epoch=67_000 // 64, epochs=50)
+  c = common.paper_recipe("epic_kitchens_100", frames=frames, train_videos=67_000, epochs=50)
   c.model.shift_segment, c.model.shift_div = frames, 4  # verb:97,noun:300 heads: xvit_jax/data/registry.py
-  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.3
+  c.optimizer.weight_decay, c.optimizer.base_warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.3
   c.augment.mixup, c.augment.multiscale_crop, c.augment.flip, c.augment.random_erasing = 0.0, False, 0.5, 0.5
   c.data.sampling = "segment"
   c.eval.sampling, c.eval.temporal_views, c.eval.spatial_crops = "segment", 2, 3

@@ -5,6 +5,9 @@
 16 frames: dense sampling 16x16, shift within 8-frame segments, 1/8 of the channels from each neighbour,
 temporal-attention head; Nesterov SGD 0.03 at batch 64, 30 epochs, warmup 5 from 0.01, weight decay
 1e-5, label smoothing 0.3, mixup 0.4; TSN multi-scale crop, flip, AutoAugment; 1 x 3 test views.
+At another --config.batch_size the epochs stay 30 and the steps, the warmup and both rates follow the
+batch (linear by default: batch 1024 gives 234 steps per epoch and LR 0.48 from 0.16; README, "The
+schedule at any batch"); --mode=config prints them.
 
 Paper vs code (we follow the code, reference 8.2): the paper puts label smoothing on SSv2/EPIC and mixup
 on Kinetics, the code has both on Kinetics; the paper's 0.05 at batch 128 is 0.03 at batch 64 in the
@@ -27,8 +30,8 @@ def get_config(arg="16"):
 def kinetics(dataset, *, frames, train_videos):
   """The official Kinetics config: dense 16x16 sampling, label smoothing 0.3, mixup 0.4, multi-scale
   crop, flip, AutoAugment, 30 epochs, warmup from 0.01, weight decay 1e-5, 1 x 3 test views."""
-  c = common.paper_recipe(dataset, frames=frames, steps_per_epoch=train_videos // 64, epochs=30)  # batch 64
-  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-5, 0.01, 0.3
+  c = common.paper_recipe(dataset, frames=frames, train_videos=train_videos, epochs=30)
+  c.optimizer.weight_decay, c.optimizer.base_warmup_start_lr, c.optimizer.label_smoothing = 1e-5, 0.01, 0.3
   c.augment.mixup, c.augment.multiscale_crop, c.augment.flip = 0.4, True, 0.5
   c.data.sampling, c.data.stride = "dense", 16
   c.eval.sampling, c.eval.stride, c.eval.temporal_views, c.eval.spatial_crops = "dense", 16, 1, 3

@@ -19,11 +19,11 @@ def get_config(arg="16"):
   if arg == "smoke":
     return common.smoke(get_config("8"))
   frames = int(arg)
-  c = common.paper_recipe("something_something_v2", frames=frames, steps_per_epoch=169_000 // 64, epochs=35)
+  c = common.paper_recipe("something_something_v2", frames=frames, train_videos=169_000, epochs=35,
+                          eval_every_epochs=5)
   c.model.shift_segment, c.model.shift_div = frames, 4
-  c.optimizer.weight_decay, c.optimizer.warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.0
+  c.optimizer.weight_decay, c.optimizer.base_warmup_start_lr, c.optimizer.label_smoothing = 1e-4, 0.003, 0.0
   c.augment.mixup, c.augment.multiscale_crop, c.augment.flip, c.augment.random_erasing = 0.0, False, 0.0, 0.5
   c.data.sampling = "segment"
   c.eval.sampling, c.eval.temporal_views, c.eval.spatial_crops = "segment", 2, 3
-  c.eval_every = 5 * (169_000 // 64)
   return c

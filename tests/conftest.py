@@ -277,6 +277,8 @@ def train_smoke(tmp, config):
   an evaluation; the metrics it wrote."""
   stdout, _ = train_main(tmp / "run", f"--config.data.data_dir={tmp / 'data'}", config=load_config(config, "smoke"))
   assert "step 3/3 | loss" in stdout and "eval at step 3: top1" in stdout
+  assert "  total_steps 3 (set explicitly)\n  optimizer.warmup_steps 1 (set explicitly)" in stdout  # the schedule
+  assert "  optimizer.learning_rate 0.03 = base_learning_rate 0.03 x 1 (lr_scaling none" in stdout
   return read_metrics(tmp / "run")
 
 

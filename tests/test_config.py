@@ -1,5 +1,6 @@
 """Configs: every shipped config and preset loads (as main loads it) with the values it always had and
-passes the start-up checks; every bad value, unknown field or missing file stops a command in one line."""
+passes the start-up checks; every bad value, unknown field or missing file stops a command in one line; a
+recipe's schedule in epochs follows the batch, and --mode=config shows it."""
 
 import glob
 import json
@@ -9,10 +10,11 @@ import sys
 
 import pytest
 from absl import flags
+import ml_collections
 from ml_collections import config_dict, config_flags
 
 from conftest import REPO, tiny_config
-from xvit_jax import config_lib, labels
+from xvit_jax import config_lib, labels, optim
 from xvit_jax.data import label_heads, registry
 from xvit_jax.errors import UserError
 
@@ -46,6 +48,15 @@ BAD = [
     ({"grad_accum_steps": 0}, "config.grad_accum_steps=0", "positive integer"),
     ({"checkpoint_keep": 0}, "config.checkpoint_keep=0", "positive integer"),
     ({"optimizer.warmup_steps": 4}, "config.optimizer.warmup_steps=4", "fewer than total_steps=4"),
+    ({"epochs": 0}, "config.epochs=0", "positive integer"),
+    ({"epochs": 4, "warmup_epochs": 4}, "config.warmup_epochs=4", "below epochs=4"),
+    ({"warmup_epochs": -1}, "config.warmup_epochs=-1", "an integer >= 0"),
+    ({"optimizer.lr_scaling": "cube"}, "config.optimizer.lr_scaling='cube'", "one of linear, sqrt, none"),
+    ({"optimizer.base_batch": 0}, "config.optimizer.base_batch=0", "positive integer"),
+    ({"data.train_videos": 0}, "config.data.train_videos=0", "positive integer"),
+    ({"optimizer.base_learning_rate": 0.0}, "config.optimizer.base_learning_rate=0.0", "positive number"),
+    ({"total_steps": None}, "config.total_steps=None", "set it, or config.epochs to derive it"),
+    ({"total_steps": None, "epochs": 2, "data.train_videos": 3}, "config.batch_size=4", "at most data.train_videos=3"),
 ]
 
 
@@ -112,7 +123,7 @@ def test_the_tools_name_unknown_fields_and_missing_files_too(tmp_path):
   result = run("xvit_jax.tools.export", f"--config={demo}", "--checkpoint=x", f"--output={tmp_path}/a",
                "--config.optimizer.lr=1", cwd=tmp_path)
   assert_one_line_exit_2(result, f"error: --config.optimizer.lr=1: {demo} has no field config.optimizer.lr; nearest: "
-                         "config.optimizer.learning_rate, config.optimizer.warmup_start_lr, config.optimizer.nesterov")
+                         "config.optimizer.lr_scaling, config.optimizer.learning_rate, config.optimizer.warmup_start_lr")
   result = run("xvit_jax.predict", "--config=k400.py:8", "--checkpoint=x", "--video=v.mp4", cwd=tmp_path)
   assert_one_line_exit_2(result, f"error: --config=k400.py:8: there is no config file {tmp_path}/k400.py")
 
@@ -159,7 +170,8 @@ def test_every_shipped_config_is_in_the_snapshot():
 @pytest.mark.parametrize("spec", [s for s in json.load(open(SNAPSHOT)) if s != "base_config"])
 def test_configs_and_presets_keep_their_values_from_any_directory(spec, tmp_path):
   """tests/data/config_snapshot.json: every field of every config and preset, written from the code before
-  the recipes moved from xvit_jax/config_lib.py to configs/ (and the sections to their modules)."""
+  the recipes moved from xvit_jax/config_lib.py to configs/ (and the sections to their modules); rewritten
+  by `write_snapshot` only for a deliberate change, named in its commit."""
   with open(SNAPSHOT) as f:
     expected = json.load(f)[spec]
   assert leaves(load(f"{REPO}/{spec}", cwd=tmp_path)) == expected  # an absolute path, elsewhere
@@ -188,7 +200,83 @@ def test_paper_settings():
   assert (ssv2.model.shift_segment, ssv2.model.shift_div) == (16, 4)
   assert (ssv2.augment.flip, ssv2.augment.random_erasing) == (0.0, 0.5)
   assert ssv2.eval.temporal_views * ssv2.eval.spatial_crops == 6
-  assert k400.total_steps == 30 * (240_000 // 64) and k400.optimizer.warmup_steps == 5 * (240_000 // 64)
+
+
+# ---------------------------------------------------------------------------------- the schedule in epochs
+
+def schedule(config):
+  """(steps_per_epoch, total_steps, warmup_steps, eval_every, checkpoint_every, learning_rate,
+  warmup_start_lr) of `config` resolved."""
+  c, _ = optim.resolve_schedule(config)
+  o = c.optimizer
+  return (c.steps_per_epoch, c.total_steps, o.warmup_steps, c.eval_every, c.checkpoint_every, o.learning_rate,
+          pytest.approx(o.warmup_start_lr))
+
+
+def test_the_recipes_at_batch_64_keep_the_official_numbers():
+  """Steps per epoch = floor(videos / 64), as the configs had them typed in; the official rates."""
+  k400, ssv2, epic = (load(f"configs/{name}.py", cwd=REPO) for name in ("k400", "ssv2", "epic100"))
+  assert schedule(k400) == (3750, 30 * 3750, 5 * 3750, 3750, 3750, 0.03, 0.01)
+  assert schedule(ssv2) == (2640, 35 * 2640, 5 * 2640, 5 * 2640, 2640, 0.03, 0.003)  # eval every 5 epochs
+  assert schedule(epic) == (1046, 50 * 1046, 5 * 1046, 1046, 1046, 0.03, 0.003)
+
+
+def test_the_schedule_follows_the_batch_with_each_scaling_rule():
+  k400 = load("configs/k400.py", cwd=REPO)
+  k400.batch_size = 256  # 4x the official batch: 937.5 -> 937 steps per epoch
+  assert schedule(k400) == (937, 30 * 937, 5 * 937, 937, 937, pytest.approx(0.12), 0.04)
+  k400.optimizer.lr_scaling = "sqrt"
+  assert schedule(k400)[5:] == (pytest.approx(0.06), 0.02)
+  k400.optimizer.lr_scaling = "none"
+  assert schedule(k400)[5:] == (0.03, 0.01)
+
+
+def test_a_field_set_explicitly_wins_and_is_printed_as_such():
+  k400 = load("configs/k400.py", cwd=REPO)
+  k400.batch_size, k400.total_steps, k400.optimizer.learning_rate = 1024, 5000, 0.1
+  config, lines = optim.resolve_schedule(k400)
+  assert (config.total_steps, config.optimizer.learning_rate, config.optimizer.warmup_steps) == (5000, 0.1, 5 * 234)
+  assert "  total_steps 5000 (set explicitly)" in lines and "  optimizer.learning_rate 0.1 (set explicitly)" in lines
+  assert "  optimizer.warmup_steps 1170 = warmup_epochs 5 x 234" in lines
+  assert "  steps_per_epoch 234 = floor(data.train_videos 240000 / batch_size 1024)" in lines
+  assert k400.total_steps == 5000 and k400.optimizer.warmup_steps is None  # the config itself is left as it was
+
+
+def test_configs_without_epochs_and_older_ones_keep_their_own_numbers():
+  """The demo and the tests' configs set steps and rates themselves; a config written before the schedule in
+  epochs (the one in an older model card) has none of its fields: both check, and nothing is derived."""
+  demo, _ = optim.resolve_schedule(load("configs/demo.py", cwd=REPO))
+  assert (demo.total_steps, demo.optimizer.learning_rate, demo.optimizer.warmup_steps) == (1500, 0.03, 100)
+  old = tiny_config().to_dict()
+  for field in ("epochs", "warmup_epochs", "eval_every_epochs", "checkpoint_every_epochs", "steps_per_epoch"):
+    del old[field]
+  del old["data"]["train_videos"]
+  for field in ("base_batch", "base_learning_rate", "base_warmup_start_lr", "lr_scaling"):
+    del old["optimizer"][field]
+  config_lib.check(ml_collections.ConfigDict(old), num_devices=1)
+  assert optim.resolve_schedule(ml_collections.ConfigDict(old))[1] == []
+
+
+def test_mode_config_prints_the_resolved_config_as_json_without_workdir_data_or_device():
+  """JAX_PLATFORMS names no platform: any backend started would fail the command."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="no_such_platform")
+  command = [sys.executable, "-m", "xvit_jax.main", "--config=configs/k400.py", "--mode=config",
+             "--config.batch_size=1024", "--config.data.data_dir=/no/such/dir"]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  printed = json.loads(result.stdout)
+  assert printed["steps_per_epoch"] == 240_000 // 1024 == 234
+  assert (printed["total_steps"], printed["optimizer"]["warmup_steps"]) == (30 * 234, 5 * 234)
+  assert printed["optimizer"]["learning_rate"] == pytest.approx(0.48)  # 0.03 x 1024 / 64
+  assert printed["optimizer"]["warmup_start_lr"] == pytest.approx(0.16)  # 0.01 x 1024 / 64
+  assert (printed["eval_every"], printed["checkpoint_every"], printed["epochs"]) == (234, 234, 30)
+  assert printed["mesh"] == {"data": -1, "fsdp": 1, "tensor": 1}  # the devices resolve -1 at start
+  k400 = load("configs/k400.py", cwd=REPO)
+  k400.batch_size, k400.data.data_dir = 1024, "/no/such/dir"
+  assert printed == json.loads(json.dumps(optim.resolve_schedule(k400)[0].to_dict()))  # nested as the config
+  bad = subprocess.run(command + ["--config.warmup_epochs=30"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, env=env)
+  assert_one_line_exit_2(bad, "error: config.warmup_epochs=30 is not allowed: an integer >= 0 and below epochs=30")
 
 
 @pytest.mark.parametrize("name", ["k400", "k600", "ssv2", "epic100"])
@@ -233,3 +321,21 @@ def test_checking_a_config_does_not_import_tensorflow_datasets():
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "[]"
+
+
+def write_snapshot():
+  """Rewrites tests/data/config_snapshot.json from the configs as they are now, in its layout (one line a
+  field): `PYTHONPATH=. .venv/bin/python tests/test_config.py` after a deliberate change of a config; then
+  read its diff."""
+  with open(SNAPSHOT) as f:
+    specs = list(json.load(f))
+  values = {spec: leaves(config_lib.base_config() if spec == "base_config" else load(spec, cwd=REPO)) for spec in specs}
+  line = lambda field, value: f"    {json.dumps(field)}: {json.dumps(value)}"
+  blocks = [f"  {json.dumps(spec)}: {{\n" + ",\n".join(line(*item) for item in fields.items()) + "\n  }"
+            for spec, fields in values.items()]
+  with open(SNAPSHOT, "w") as f:
+    f.write("{\n" + ",\n".join(blocks) + "\n}\n")
+
+
+if __name__ == "__main__":
+  write_snapshot()

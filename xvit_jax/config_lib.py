@@ -11,6 +11,7 @@ import importlib.util
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from xvit_jax import data, evaluate, fields, models, optim, sharding
 
@@ -27,12 +28,20 @@ def base_config():
   c.eval_every = 500  # 0: only at the end
   c.checkpoint_every = 0  # 0: only at the end (and on SIGTERM)
   c.checkpoint_keep = 3  # the newest kept; the best by eval/top1 is kept too
+  # The schedule in epochs (a recipe's; optim.resolve_schedule): total_steps, warmup_steps, eval_every and
+  # checkpoint_every that are None are these epochs x steps_per_epoch, itself floor(data.train_videos / batch_size).
+  c.epochs = config_dict.placeholder(int)
+  c.warmup_epochs = config_dict.placeholder(int)
+  c.eval_every_epochs = config_dict.placeholder(int)
+  c.checkpoint_every_epochs = config_dict.placeholder(int)
+  c.steps_per_epoch = config_dict.placeholder(int)
   c.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
   c.nonfinite = "stop"  # a step with NaN/Inf loss or gradients is never applied; stop: end the run, skip: go on
   c.grad_accum_steps = 1  # micro-batches per step: each device runs batch_size / (shards * this) clips at once
   c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, or timm/official state dict
   c.model = models.default_config()
   c.data = data.default_config()
+  c.data.train_videos = config_dict.placeholder(int)  # the training split's nominal size, for steps_per_epoch only
   c.augment = data.default_augment_config()
   c.eval = evaluate.default_config()
   c.mesh = sharding.default_config()
@@ -41,7 +50,9 @@ def base_config():
 
 
 def check(config, num_devices):
-  """Raises UserError (one line naming the field) for any value the run could not use."""
+  """Raises UserError (one line naming the field) for any value the run could not use, the derived fields
+  as optim.resolve_schedule fills them in. num_devices None (--mode=config): the checks that need no device."""
+  config, _ = optim.resolve_schedule(config)
   for field in ("batch_size", "total_steps", "grad_accum_steps", "checkpoint_keep"):
     fields.positive_int(config, field)
   fields.one_of(config, "dtype", DTYPES)
@@ -52,7 +63,8 @@ def check(config, num_devices):
   data.check_config(config)
   evaluate.check_config(config)
   optim.check_config(config)
-  sharding.check_config(config, num_devices)
+  if num_devices is not None:
+    sharding.check_config(config, num_devices)
 
 
 def import_file(path, *, next_to):

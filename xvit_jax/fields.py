@@ -19,6 +19,25 @@ def get(config, field):
   return node
 
 
+def find(config, field):
+  """config["a.b.c"], or None where a part is missing (a config written before the field existed)."""
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def put(config, field, value):
+  """config["a.b.c"] = value."""
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+
+
 def positive_int(config, field):
   value = get(config, field)
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -255,12 +255,13 @@ def train_and_evaluate(config, workdir, *, mode="train"):
   """Trains `config` for config.total_steps (mode "train"), resuming from workdir's newest checkpoint if
   there is one, or only evaluates that checkpoint (mode "evaluate"). Raises Preempted after a SIGTERM
   (having saved)."""
+  config, derived = optim.resolve_schedule(config)  # the schedule in epochs at this batch; lines saying how
   config_lib.check(config, jax.device_count())
   with workdir_lib.exclusive(workdir, active=mode == "train" and jax.process_index() == 0):
-    return _train_or_evaluate(config, workdir, mode)
+    return _train_or_evaluate(config, workdir, mode, derived)
 
 
-def _train_or_evaluate(config, workdir, mode):
+def _train_or_evaluate(config, workdir, mode, derived):
   mesh = sharding.make_mesh(config.mesh)
   rows = sharding.process_rows(mesh, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -292,6 +293,8 @@ def _train_or_evaluate(config, workdir, mode):
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
                  f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
+    for line in derived:
+      writer.print(line)
     run = Run(config, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption)
     state = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
