@@ -35,6 +35,7 @@ def paper_recipe(dataset, *, frames, steps_per_epoch, epochs):
   c.optimizer.warmup_steps = 5 * steps_per_epoch  # 5 warmup epochs, to the cosine's value at epoch 5
   c.eval_every, c.checkpoint_every, c.log_every = steps_per_epoch, steps_per_epoch, 100
   c.augment.autoaugment = True
+  c.requires_init = True  # the paper starts from ImageNet-21k: a fresh run without init_from stops and asks
   return c
 
 
@@ -48,4 +49,5 @@ def smoke(c):
   c.augment.short_side_range = (36, 40)
   c.batch_size, c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 3, 1, 3, 3
   c.optimizer.warmup_steps = 1
+  c.requires_init = False  # a tiny model from random weights
   return c

@@ -1,13 +1,16 @@
-"""`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation and init_from
-through train_and_evaluate (what the command calls, here in this process), and as a process: several
-devices, grain worker processes and the one-line error."""
+"""`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation, init_from and
+the paper recipes' refusal to start from random weights unasked through train_and_evaluate (what the
+command calls, here in this process), and as a process: several devices, grain worker processes and the
+one-line error."""
 
 import os
 
 import pytest
 
-from conftest import read_metrics, run_main, train_main
+from conftest import load_config, read_metrics, run_main, train_main
 from xvit_jax.errors import UserError
+
+RECIPES = ["configs/k400.py", "configs/k600.py", "configs/ssv2.py", "configs/epic100.py"]
 
 
 def test_train_log_evaluate_checkpoint_and_resume(tmp_path):
@@ -68,3 +71,17 @@ def test_grain_worker_processes_give_the_same_training(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     losses.append([r["train/loss"] for r in read_metrics(tmp_path / str(workers)) if "train/loss" in r])
   assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_a_paper_recipe_asks_for_its_initialisation_before_any_work(tmp_path):
+  for path in RECIPES:
+    assert load_config(path).requires_init and not load_config(path, "smoke").requires_init
+  with pytest.raises(UserError) as error:
+    train_main(tmp_path / "k400", config=load_config("configs/k400.py", "8"))
+  assert str(error.value) == (
+      "config.init_from is not set and the workdir has no checkpoint to resume: this recipe starts from pretrained "
+      "weights; pass --config.init_from=ViT-B_16.npz (ImageNet-21k, as the paper) or --config.init_from=scratch "
+      "(random weights, on purpose)")
+  assert not (tmp_path / "k400").exists()  # nothing written
+  with pytest.raises(UserError, match="^no checkpoint in"):  # evaluating does not ask
+    train_main(tmp_path / "k400", mode="evaluate", config=load_config("configs/k400.py", "8"))

@@ -138,9 +138,19 @@ class PreemptionNotice:
       signal.signal(signal.SIGTERM, self.previous)
 
 
+def check_init(config, workdir):
+  """UserError if a recipe that needs pretrained weights (config.requires_init: the paper's) would start a
+  fresh run (no checkpoint in `workdir`) from random weights without saying so (init_from unset)."""
+  if config.requires_init and not config.init_from and not checkpoints.saved_steps(workdir):
+    raise UserError("config.init_from is not set and the workdir has no checkpoint to resume: this recipe starts "
+                    "from pretrained weights; pass --config.init_from=ViT-B_16.npz (ImageNet-21k, as the paper) or "
+                    "--config.init_from=scratch (random weights, on purpose)")
+
+
 def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
   """The newest checkpoint in the workdir if there is one (with its optimizer state, RNG and data
-  position when it has them), else `config.init_from` if set, else `state` as created."""
+  position when it has them), else `config.init_from` if set ("scratch": `state` as created, said so),
+  else `state` as created."""
   step = ckpt.latest_step()
   if step is not None:
     if state_lib.restore(state, ckpt, step):
@@ -155,6 +165,8 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
       writer.print(f"resumed from {ckpt.directory}/{step} ({data})")
       return state, restored
     writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
+  elif config.init_from == "scratch":
+    writer.print(f"starting from random weights (config.init_from=scratch, seed {config.seed})")
   elif config.init_from:
     current = state_lib.params_item(state)
     params, report = pretrained.load(config.init_from, config.model, jax.device_get(current))
@@ -256,6 +268,8 @@ def train_and_evaluate(config, workdir, *, mode="train"):
   there is one, or only evaluates that checkpoint (mode "evaluate"). Raises Preempted after a SIGTERM
   (having saved)."""
   config_lib.check(config, jax.device_count())
+  if mode == "train":
+    check_init(config, workdir)  # before anything is written in the workdir
   with workdir_lib.exclusive(workdir, active=mode == "train" and jax.process_index() == 0):
     return _train_or_evaluate(config, workdir, mode)
 
@@ -265,8 +279,9 @@ def _train_or_evaluate(config, workdir, mode):
   rows = sharding.process_rows(mesh, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   graphdef, state, state_shardings = state_lib.create(config, tx, mesh)
-  writer = MetricWriter(workdir)
+  # the manager first: evaluating a workdir without checkpoints raises here, before a writer is opened
   ckpt = checkpoints.manager(workdir, keep=config.checkpoint_keep, create=mode == "train")
+  writer = MetricWriter(workdir)
   preemption = PreemptionNotice() if mode == "train" else None
   try:
     make_batches = lambda seed: iter(pipeline.train_dataset(
