@@ -1,7 +1,7 @@
-"""`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation, init_from and
-the paper recipes' refusal to start from random weights unasked through train_and_evaluate (what the
-command calls, here in this process), and as a process: several devices, grain worker processes and the
-one-line error."""
+"""`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation, init_from,
+the final model as the result and the paper recipes' refusal to start from random weights unasked through
+train_and_evaluate (what the command calls, here in this process), and as a process: several devices,
+grain worker processes and the one-line error."""
 
 import os
 
@@ -16,12 +16,19 @@ RECIPES = ["configs/k400.py", "configs/k600.py", "configs/ssv2.py", "configs/epi
 def test_train_log_evaluate_checkpoint_and_resume(tmp_path):
   first, _ = train_main(tmp_path, "--config.total_steps=4")
   assert "step 4/4 | loss" in first and "clips/s | ETA" in first
-  assert "eval at step 4: top1" in first
+  assert first.count("eval at step 4: top1") == 1  # the final model's evaluation is that of step 4, not another
   records = read_metrics(tmp_path)
   assert [r["step"] for r in records] == [2, 4]
   for r in records:
     assert {"step", "train/loss", "train/accuracy", "eval/top1", "eval/top5"} <= set(r)
     assert 0 <= r["eval/top1"] <= r["eval/top5"] <= 1
+  final = records[-1]
+  assert not any(name.startswith("final/") for name in records[0])
+  assert (final["final/top1"], final["final/top5"]) == (final["eval/top1"], final["eval/top5"])
+  assert final["final/videos"] == 10  # the whole eval split (data.eval_size)
+  assert first.strip().splitlines()[-1] == (  # the run's result, its last line
+      f"final model at step 4: top1 {final['final/top1']:.4f} | top5 {final['final/top5']:.4f} | "
+      f"loss {final['final/loss']:.4f} | videos 10 | skipped 0")
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
 

@@ -234,9 +234,11 @@ class Run:
 
 
 def _train_loop(run, state, first_step):
-  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise."""
+  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise.
+  (state, final): the evaluation at the last step is the final model's, also recorded as final/* (None
+  when no step was left to train)."""
   config, ckpt, writer = run.config, run.ckpt, run.writer
-  progress, started = Progress(config, writer), time.time()
+  progress, started, final = Progress(config, writer), time.time(), None
   for step in range(first_step + 1, config.total_steps + 1):
     state, metrics = run.train_step(state, run.to_global(next(run.batches)))
     progress.add(step, metrics)
@@ -254,13 +256,16 @@ def _train_loop(run, state, first_step):
       record.update(results)
       writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
                    f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
+      if last:  # the final parameters on the whole eval split: the run's result (one evaluation serves both)
+        final = evaluate.final(results)
+        record.update(final)
     writer.write(step, record)
     if saving:
       state_lib.save(ckpt, step, state, run.batches, record, force=preempted)
     if preempted:
       checkpoints.wait(ckpt)
       raise Preempted(step, ckpt.directory)
-  return state
+  return state, final
 
 
 def train_and_evaluate(config, workdir, *, mode="train"):
@@ -308,12 +313,17 @@ def _train_or_evaluate(config, workdir, mode):
                  f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
     run = Run(config, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption)
-    state = _train_loop(run, state, first_step)
+    state, final = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)
     if best is not None:
       writer.print(f"best eval/top1 {ckpt.metrics(best)[checkpoints.BEST_METRIC]:.4f} at step {best} "
-                   f"(kept in {ckpt.directory}/{best})")
+                   f"(best checkpoint, kept in {ckpt.directory}/{best})")
+    if final is None:
+      writer.print(f"nothing left to train: the model in {ckpt.directory} is at step {first_step} "
+                   f"(total_steps={config.total_steps}); --mode=evaluate evaluates it")
+    else:
+      writer.print(f"final model at step {config.total_steps}: {evaluate.summary(final, prefix=False)}")
     return state
   finally:
     if preemption is not None:
