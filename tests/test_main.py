@@ -1,13 +1,15 @@
 """`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation, init_from,
 the final model as the result and the paper recipes' refusal to start from random weights unasked through
 train_and_evaluate (what the command calls, here in this process), and as a process: several devices,
-grain worker processes and the one-line error."""
+grain worker processes (and how many by default) and the one-line error."""
 
 import os
 
 import pytest
 
 from conftest import load_config, read_metrics, run_main, train_main
+from xvit_jax import config_lib
+from xvit_jax.data import pipeline
 from xvit_jax.errors import UserError
 
 RECIPES = ["configs/k400.py", "configs/k600.py", "configs/ssv2.py", "configs/epic100.py"]
@@ -92,3 +94,45 @@ def test_a_paper_recipe_asks_for_its_initialisation_before_any_work(tmp_path):
   assert not (tmp_path / "k400").exists()  # nothing written
   with pytest.raises(UserError, match="^no checkpoint in"):  # evaluating does not ask
     train_main(tmp_path / "k400", mode="evaluate", config=load_config("configs/k400.py", "8"))
+
+
+def test_scratch_auto_workers_and_the_final_model_without_periodic_evaluation(tmp_path, monkeypatch):
+  """init_from=scratch starts a recipe that asks from random weights; with eval_every=0 the final model is
+  still evaluated and is the result; data.workers=-1 is printed as chosen; the finished run resumes (a
+  checkpoint exists: nothing asked) with nothing left to train."""
+  monkeypatch.setattr(pipeline, "usable_cpus", lambda: 1)  # -1 -> 0 workers: no worker processes in this one
+  stdout, _ = train_main(tmp_path, "--config.total_steps=3", "--config.eval_every=0", "--config.requires_init=True",
+                         "--config.init_from=scratch", "--config.data.workers=-1")
+  assert "starting from random weights (config.init_from=scratch, seed 0)" in stdout
+  assert ("data workers: 0 (automatic, config.data.workers=-1: 1 usable CPU(s) shared by 1 JAX process(es) on this "
+          "host, less one for the main process)") in stdout
+  assert [r["step"] for r in read_metrics(tmp_path)] == [2, 3]
+  final = read_metrics(tmp_path)[-1]
+  assert stdout.strip().splitlines()[-1].startswith(f"final model at step 3: top1 {final['final/top1']:.4f} | top5 ")
+  again, _ = train_main(tmp_path, "--config.total_steps=3", "--config.requires_init=True")
+  assert again.strip().splitlines()[-1] == (
+      f"nothing left to train: the model in {tmp_path / 'checkpoints'} is at step 3 (total_steps=3); "
+      "--mode=evaluate evaluates it")
+
+
+def test_usable_cpus_from_the_affinity_and_the_cgroup_quota(tmp_path, monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+  assert pipeline.usable_cpus(str(tmp_path)) == 16  # no cgroup files
+  (tmp_path / "cpu").mkdir()
+  for quota, cpus in (("-1", 16), ("800000", 8), ("150000", 1), ("50000", 1), ("3200000", 16)):
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert pipeline.usable_cpus(str(tmp_path)) == cpus, quota
+  for limit, cpus in (("max 100000", 16), ("250000 100000", 2), ("400000 50000", 8)):
+    (tmp_path / "cpu.max").write_text(limit + "\n")  # cgroup v2, which wins
+    assert pipeline.usable_cpus(str(tmp_path)) == cpus, limit
+  assert [pipeline.auto_workers(16), pipeline.auto_workers(16, 4), pipeline.auto_workers(2, 2),
+          pipeline.auto_workers(1)] == [15, 3, 0, 0]
+
+  assert config_lib.base_config().data.workers == -1 and load_config("configs/demo.py").data.workers == 0
+  config = load_config("configs/demo.py")
+  config.data.workers = -2
+  with pytest.raises(UserError) as error:
+    config_lib.check(config, num_devices=1)
+  assert str(error.value) == ("config.data.workers=-2 is not allowed: -1 (automatic: from the CPUs this process "
+                              "may use), 0 (the main process reads) or a number of grain worker processes")

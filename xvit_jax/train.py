@@ -2,8 +2,10 @@
 
 import dataclasses
 import signal
+import socket
 import threading
 import time
+import zlib
 from typing import Callable, Iterator
 
 import jax
@@ -177,6 +179,26 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
   return state, False
 
 
+def processes_on_this_host():
+  """How many of the run's JAX processes share this machine (by host name): a collective, every process
+  calls it."""
+  if jax.process_count() == 1:
+    return 1
+  hosts = multihost_utils.process_allgather(np.uint32(zlib.crc32(socket.gethostname().encode())))
+  return int(np.sum(hosts == hosts[jax.process_index()]))
+
+
+def data_workers(config, writer):
+  """config.data.workers; for -1 this process's share of the CPUs (pipeline.auto_workers), printed."""
+  if config.data.workers != -1:
+    return config.data.workers
+  cpus, processes = pipeline.usable_cpus(), processes_on_this_host()
+  workers = pipeline.auto_workers(cpus, processes)
+  writer.print(f"data workers: {workers} (automatic, config.data.workers=-1: {cpus} usable CPU(s) shared by "
+               f"{processes} JAX process(es) on this host, less one for the main process)")
+  return workers
+
+
 class Progress:
   """Per-step metrics kept on the device until a log step; throughput timed from the first log step on
   (the first interval holds compilation); non-finite steps found and, with config.nonfinite="stop", fatal."""
@@ -289,9 +311,10 @@ def _train_or_evaluate(config, workdir, mode):
   writer = MetricWriter(workdir)
   preemption = PreemptionNotice() if mode == "train" else None
   try:
+    workers = data_workers(config, writer) if mode == "train" else 0
     make_batches = lambda seed: iter(pipeline.train_dataset(
         sources.source(config, "train"), global_batch=config.batch_size, rows=rows, seed=seed,
-        clip_fn=sources.TrainClip(config), workers=config.data.workers))
+        clip_fn=sources.TrainClip(config), workers=workers))
     train_batches = make_batches(config.seed) if mode == "train" else None
     state, data_restored = restore_or_initialise(config, state, ckpt, writer, train_batches)
     first_step = int(state["step"])
