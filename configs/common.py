@@ -40,6 +40,7 @@ def paper_recipe(dataset, *, frames, train_videos, epochs, eval_every_epochs=1):
   c.optimizer.base_batch, c.optimizer.base_learning_rate = 64, 0.03  # 8 GPUs x 8 clips
   optim.derive_schedule(c)  # steps per epoch, total_steps, warmup_steps, eval_every, checkpoint_every, LRs
   c.augment.autoaugment = True
+  c.requires_init = True  # the paper starts from ImageNet-21k: a fresh run without init_from stops and asks
   return c
 
 
@@ -54,4 +55,5 @@ def smoke(c):
   c.batch_size, c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 3, 1, 3, 3
   c.optimizer.warmup_steps = 1
   c.optimizer.lr_scaling = "none"  # the recipe's rates at batch 64, unscaled
+  c.requires_init = False  # a tiny model from random weights
   return c

@@ -14,6 +14,7 @@ def get_config():
   c.log_every = 50
   c.eval_every = 250
   c.dtype = "float32"
+  c.data.workers = 0  # synthetic clips are cheap: the main process keeps up, no worker processes to start
 
   m = c.model
   m.image_size, m.patch_size = 32, 8

@@ -45,7 +45,7 @@ def tiny_config(**model):
   m = c.model
   m.image_size, m.patch_size, m.hidden_size, m.num_layers, m.num_heads, m.mlp_dim = 16, 8, 32, 2, 4, 64
   m.num_frames, m.num_classes, m.dropout, m.consensus = 4, 3, 0.0, "avg"
-  c.data.object_size, c.data.speed, c.data.eval_size = 4, 2.0, 8
+  c.data.object_size, c.data.speed, c.data.eval_size, c.data.workers = 4, 2.0, 8, 0
   for key, value in model.items():
     m[key] = value
   return c
@@ -93,7 +93,7 @@ def main_config(*overrides):
 # configs/official/k600_xvit_b16.py shrunk: 2 layers of width 32 on 32x32 frames, 5 classes
 OFFICIAL_SMALL = ["--config.model.hidden_size=32", "--config.model.num_heads=4", "--config.model.mlp_dim=128",
                   "--config.model.num_layers=2", "--config.model.patch_size=8", "--config.model.image_size=32",
-                  "--config.model.num_classes=5", "--config.data.label_names="]
+                  "--config.model.num_classes=5", "--config.data.label_names=", "--config.data.workers=0"]
 
 # configs/demo.py (32 px, 8 px patches, 64 wide, 4 classes, avg consensus), shallower, on 4 frames, 3 crops
 DEMO_4_FRAMES = ["--config.model.num_layers=2", "--config.model.num_frames=4", "--config.model.mlp_dim=256",
@@ -275,7 +275,8 @@ def prepare(tmp, name, *extra, returncode=0):
 def train_smoke(tmp, config):
   """`main --config=CONFIG:smoke` (in this process) on what prepare wrote in tmp/data: 3 training steps and
   an evaluation; the metrics it wrote."""
-  stdout, _ = train_main(tmp / "run", f"--config.data.data_dir={tmp / 'data'}", config=load_config(config, "smoke"))
+  stdout, _ = train_main(tmp / "run", f"--config.data.data_dir={tmp / 'data'}", "--config.data.workers=0",
+                         config=load_config(config, "smoke"))
   assert "step 3/3 | loss" in stdout and "eval at step 3: top1" in stdout
   assert "  total_steps 3 (set explicitly)\n  optimizer.warmup_steps 1 (set explicitly)" in stdout  # the schedule
   assert "  optimizer.learning_rate 0.03 = base_learning_rate 0.03 x 1 (lr_scaling none" in stdout

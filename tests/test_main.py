@@ -1,24 +1,36 @@
-"""`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation and init_from
-through train_and_evaluate (what the command calls, here in this process), and as a process: several
-devices, grain worker processes and the one-line error."""
+"""`python -m xvit_jax.main` end to end: metrics, TensorBoard, checkpoints, resume, evaluation, init_from,
+the final model as the result and the paper recipes' refusal to start from random weights unasked through
+train_and_evaluate (what the command calls, here in this process), and as a process: several devices,
+grain worker processes (and how many by default) and the one-line error."""
 
 import os
 
 import pytest
 
-from conftest import read_metrics, run_main, train_main
+from conftest import load_config, read_metrics, run_main, train_main
+from xvit_jax import config_lib
+from xvit_jax.data import pipeline
 from xvit_jax.errors import UserError
+
+RECIPES = ["configs/k400.py", "configs/k600.py", "configs/ssv2.py", "configs/epic100.py"]
 
 
 def test_train_log_evaluate_checkpoint_and_resume(tmp_path):
   first, _ = train_main(tmp_path, "--config.total_steps=4")
   assert "step 4/4 | loss" in first and "clips/s | ETA" in first
-  assert "eval at step 4: top1" in first
+  assert first.count("eval at step 4: top1") == 1  # the final model's evaluation is that of step 4, not another
   records = read_metrics(tmp_path)
   assert [r["step"] for r in records] == [2, 4]
   for r in records:
     assert {"step", "train/loss", "train/accuracy", "eval/top1", "eval/top5"} <= set(r)
     assert 0 <= r["eval/top1"] <= r["eval/top5"] <= 1
+  final = records[-1]
+  assert not any(name.startswith("final/") for name in records[0])
+  assert (final["final/top1"], final["final/top5"]) == (final["eval/top1"], final["eval/top5"])
+  assert final["final/videos"] == 10  # the whole eval split (data.eval_size)
+  assert first.strip().splitlines()[-1] == (  # the run's result, its last line
+      f"final model at step 4: top1 {final['final/top1']:.4f} | top5 {final['final/top5']:.4f} | "
+      f"loss {final['final/loss']:.4f} | videos 10 | skipped 0")
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
 
@@ -68,3 +80,59 @@ def test_grain_worker_processes_give_the_same_training(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     losses.append([r["train/loss"] for r in read_metrics(tmp_path / str(workers)) if "train/loss" in r])
   assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_a_paper_recipe_asks_for_its_initialisation_before_any_work(tmp_path):
+  for path in RECIPES:
+    assert load_config(path).requires_init and not load_config(path, "smoke").requires_init
+  with pytest.raises(UserError) as error:
+    train_main(tmp_path / "k400", config=load_config("configs/k400.py", "8"))
+  assert str(error.value) == (
+      "config.init_from is not set and the workdir has no checkpoint to resume: this recipe starts from pretrained "
+      "weights; pass --config.init_from=ViT-B_16.npz (ImageNet-21k, as the paper) or --config.init_from=scratch "
+      "(random weights, on purpose)")
+  assert not (tmp_path / "k400").exists()  # nothing written
+  with pytest.raises(UserError, match="^no checkpoint in"):  # evaluating does not ask
+    train_main(tmp_path / "k400", mode="evaluate", config=load_config("configs/k400.py", "8"))
+
+
+def test_scratch_auto_workers_and_the_final_model_without_periodic_evaluation(tmp_path, monkeypatch):
+  """init_from=scratch starts a recipe that asks from random weights; with eval_every=0 the final model is
+  still evaluated and is the result; data.workers=-1 is printed as chosen; the finished run resumes (a
+  checkpoint exists: nothing asked) with nothing left to train."""
+  monkeypatch.setattr(pipeline, "usable_cpus", lambda: 1)  # -1 -> 0 workers: no worker processes in this one
+  stdout, _ = train_main(tmp_path, "--config.total_steps=3", "--config.eval_every=0", "--config.requires_init=True",
+                         "--config.init_from=scratch", "--config.data.workers=-1")
+  assert "starting from random weights (config.init_from=scratch, seed 0)" in stdout
+  assert ("data workers: 0 (automatic, config.data.workers=-1: 1 usable CPU(s) shared by 1 JAX process(es) on this "
+          "host, less one for the main process)") in stdout
+  assert [r["step"] for r in read_metrics(tmp_path)] == [2, 3]
+  final = read_metrics(tmp_path)[-1]
+  assert stdout.strip().splitlines()[-1].startswith(f"final model at step 3: top1 {final['final/top1']:.4f} | top5 ")
+  again, _ = train_main(tmp_path, "--config.total_steps=3", "--config.requires_init=True")
+  assert again.strip().splitlines()[-1] == (
+      f"nothing left to train: the model in {tmp_path / 'checkpoints'} is at step 3 (total_steps=3); "
+      "--mode=evaluate evaluates it")
+
+
+def test_usable_cpus_from_the_affinity_and_the_cgroup_quota(tmp_path, monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+  assert pipeline.usable_cpus(str(tmp_path)) == 16  # no cgroup files
+  (tmp_path / "cpu").mkdir()
+  for quota, cpus in (("-1", 16), ("800000", 8), ("150000", 1), ("50000", 1), ("3200000", 16)):
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert pipeline.usable_cpus(str(tmp_path)) == cpus, quota
+  for limit, cpus in (("max 100000", 16), ("250000 100000", 2), ("400000 50000", 8)):
+    (tmp_path / "cpu.max").write_text(limit + "\n")  # cgroup v2, which wins
+    assert pipeline.usable_cpus(str(tmp_path)) == cpus, limit
+  assert [pipeline.auto_workers(16), pipeline.auto_workers(16, 4), pipeline.auto_workers(2, 2),
+          pipeline.auto_workers(1)] == [15, 3, 0, 0]
+
+  assert config_lib.base_config().data.workers == -1 and load_config("configs/demo.py").data.workers == 0
+  config = load_config("configs/demo.py")
+  config.data.workers = -2
+  with pytest.raises(UserError) as error:
+    config_lib.check(config, num_devices=1)
+  assert str(error.value) == ("config.data.workers=-2 is not allowed: -1 (automatic: from the CPUs this process "
+                              "may use), 0 (the main process reads) or a number of grain worker processes")

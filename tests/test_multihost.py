@@ -36,9 +36,10 @@ def test_two_processes_train_as_one(tmp_path):
   single = run_main(tmp_path / "one", *RUN, devices=2)
   assert single.returncode == 0, single.stderr[-2000:]
 
-  codes, outputs = finish(start_processes(tmp_path / "two", *RUN))
+  codes, outputs = finish(start_processes(tmp_path / "two", *RUN, "--config.data.workers=-1"))
   assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
   assert "2 device(s) in 2 process(es)" in outputs[0][0]
+  assert "shared by 2 JAX process(es) on this host" in outputs[0][0]  # the automatic workers: each its share
   assert "step 6/6" not in outputs[1][0]  # only process 0 prints progress and writes metrics
 
   one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")

@@ -24,7 +24,7 @@ def test_prepare_kinetics_then_train_and_evaluate_on_it(tmp_path):
   assert 0 <= last["eval/top1"] <= last["eval/top5"] <= 1
 
   missing = run_module("xvit_jax.main", "--config=configs/ssv2.py", f"--workdir={tmp_path / 'run2'}",
-                       f"--config.data.data_dir={tmp_path / 'data'}")
+                       f"--config.data.data_dir={tmp_path / 'data'}", "--config.init_from=scratch")
   assert missing.returncode == 2
   assert missing.stderr.strip().splitlines()[-1].startswith(
       "error: dataset something_something_v2 split 'train' is not prepared in config.data.data_dir=")

@@ -185,3 +185,8 @@ def latest_params(directory, params):
   restored = restore_params(mngr, step, params)
   mngr.close()
   return step, restored
+
+
+def saved_steps(workdir):
+  """The complete checkpoint steps in workdir's checkpoints/ (none when it does not exist); writes nothing."""
+  return ocp.utils.checkpoint_steps(os.path.join(workdir, "checkpoints"))

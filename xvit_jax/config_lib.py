@@ -38,7 +38,8 @@ def base_config():
   c.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
   c.nonfinite = "stop"  # a step with NaN/Inf loss or gradients is never applied; stop: end the run, skip: go on
   c.grad_accum_steps = 1  # micro-batches per step: each device runs batch_size / (shards * this) clips at once
-  c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, or timm/official state dict
+  c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, timm/official state dict; "scratch": none
+  c.requires_init = False  # True (the paper recipes): a fresh training run must set init_from (weights or "scratch")
   c.model = models.default_config()
   c.data = data.default_config()
   c.data.train_videos = config_dict.placeholder(int)  # the training split's nominal size, for steps_per_epoch only

@@ -104,7 +104,15 @@ def make_evaluator(config, graphdef, mesh, rows):
       to_global)
 
 
-def summary(results):
-  """The results as one line: "eval/top1 0.5000 | ... | eval/videos 8 | eval/skipped 0"."""
-  counts = ("eval/videos", "eval/skipped")
-  return " | ".join(f"{k} {v:.0f}" if k in counts else f"{k} {v:.4f}" for k, v in results.items())
+def final(results):
+  """evaluate()'s results on the final parameters, the training run's result: each eval/NAME as final/NAME
+  (final/top1, final/top5; with several label heads final/top1 is the action, final/verb_top1 a head's)."""
+  return {"final/" + name.split("/", 1)[1]: value for name, value in results.items()}
+
+
+def summary(results, *, prefix=True):
+  """The results as one line: "eval/top1 0.5000 | ... | eval/videos 8 | eval/skipped 0" ("top1 0.5000 | ..."
+  without the prefix)."""
+  name = lambda k: k if prefix else k.split("/", 1)[1]
+  return " | ".join(f"{name(k)} {v:.0f}" if k.endswith(("/videos", "/skipped")) else f"{name(k)} {v:.4f}"
+                    for k, v in results.items())

@@ -2,8 +2,10 @@
 
 import dataclasses
 import signal
+import socket
 import threading
 import time
+import zlib
 from typing import Callable, Iterator
 
 import jax
@@ -138,9 +140,19 @@ class PreemptionNotice:
       signal.signal(signal.SIGTERM, self.previous)
 
 
+def check_init(config, workdir):
+  """UserError if a recipe that needs pretrained weights (config.requires_init: the paper's) would start a
+  fresh run (no checkpoint in `workdir`) from random weights without saying so (init_from unset)."""
+  if config.requires_init and not config.init_from and not checkpoints.saved_steps(workdir):
+    raise UserError("config.init_from is not set and the workdir has no checkpoint to resume: this recipe starts "
+                    "from pretrained weights; pass --config.init_from=ViT-B_16.npz (ImageNet-21k, as the paper) or "
+                    "--config.init_from=scratch (random weights, on purpose)")
+
+
 def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
   """The newest checkpoint in the workdir if there is one (with its optimizer state, RNG and data
-  position when it has them), else `config.init_from` if set, else `state` as created."""
+  position when it has them), else `config.init_from` if set ("scratch": `state` as created, said so),
+  else `state` as created."""
   step = ckpt.latest_step()
   if step is not None:
     if state_lib.restore(state, ckpt, step):
@@ -155,6 +167,8 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
       writer.print(f"resumed from {ckpt.directory}/{step} ({data})")
       return state, restored
     writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
+  elif config.init_from == "scratch":
+    writer.print(f"starting from random weights (config.init_from=scratch, seed {config.seed})")
   elif config.init_from:
     current = state_lib.params_item(state)
     params, report = pretrained.load(config.init_from, config.model, jax.device_get(current))
@@ -163,6 +177,26 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
                  f"fresh: {', '.join(report['fresh']) or 'none'}; ignored from the file: "
                  f"{', '.join(report['dropped']) or 'nothing'}")
   return state, False
+
+
+def processes_on_this_host():
+  """How many of the run's JAX processes share this machine (by host name): a collective, every process
+  calls it."""
+  if jax.process_count() == 1:
+    return 1
+  hosts = multihost_utils.process_allgather(np.uint32(zlib.crc32(socket.gethostname().encode())))
+  return int(np.sum(hosts == hosts[jax.process_index()]))
+
+
+def data_workers(config, writer):
+  """config.data.workers; for -1 this process's share of the CPUs (pipeline.auto_workers), printed."""
+  if config.data.workers != -1:
+    return config.data.workers
+  cpus, processes = pipeline.usable_cpus(), processes_on_this_host()
+  workers = pipeline.auto_workers(cpus, processes)
+  writer.print(f"data workers: {workers} (automatic, config.data.workers=-1: {cpus} usable CPU(s) shared by "
+               f"{processes} JAX process(es) on this host, less one for the main process)")
+  return workers
 
 
 class Progress:
@@ -222,9 +256,11 @@ class Run:
 
 
 def _train_loop(run, state, first_step):
-  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise."""
+  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise.
+  (state, final): the evaluation at the last step is the final model's, also recorded as final/* (None
+  when no step was left to train)."""
   config, ckpt, writer = run.config, run.ckpt, run.writer
-  progress, started = Progress(config, writer), time.time()
+  progress, started, final = Progress(config, writer), time.time(), None
   for step in range(first_step + 1, config.total_steps + 1):
     state, metrics = run.train_step(state, run.to_global(next(run.batches)))
     progress.add(step, metrics)
@@ -242,13 +278,16 @@ def _train_loop(run, state, first_step):
       record.update(results)
       writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
                    f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
+      if last:  # the final parameters on the whole eval split: the run's result (one evaluation serves both)
+        final = evaluate.final(results)
+        record.update(final)
     writer.write(step, record)
     if saving:
       state_lib.save(ckpt, step, state, run.batches, record, force=preempted)
     if preempted:
       checkpoints.wait(ckpt)
       raise Preempted(step, ckpt.directory)
-  return state
+  return state, final
 
 
 def train_and_evaluate(config, workdir, *, mode="train"):
@@ -257,6 +296,8 @@ def train_and_evaluate(config, workdir, *, mode="train"):
   (having saved)."""
   config, derived = optim.resolve_schedule(config)  # the schedule in epochs at this batch; lines saying how
   config_lib.check(config, jax.device_count())
+  if mode == "train":
+    check_init(config, workdir)  # before anything is written in the workdir
   with workdir_lib.exclusive(workdir, active=mode == "train" and jax.process_index() == 0):
     return _train_or_evaluate(config, workdir, mode, derived)
 
@@ -266,13 +307,15 @@ def _train_or_evaluate(config, workdir, mode, derived):
   rows = sharding.process_rows(mesh, config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   graphdef, state, state_shardings = state_lib.create(config, tx, mesh)
-  writer = MetricWriter(workdir)
+  # the manager first: evaluating a workdir without checkpoints raises here, before a writer is opened
   ckpt = checkpoints.manager(workdir, keep=config.checkpoint_keep, create=mode == "train")
+  writer = MetricWriter(workdir)
   preemption = PreemptionNotice() if mode == "train" else None
   try:
+    workers = data_workers(config, writer) if mode == "train" else 0
     make_batches = lambda seed: iter(pipeline.train_dataset(
         sources.source(config, "train"), global_batch=config.batch_size, rows=rows, seed=seed,
-        clip_fn=sources.TrainClip(config), workers=config.data.workers))
+        clip_fn=sources.TrainClip(config), workers=workers))
     train_batches = make_batches(config.seed) if mode == "train" else None
     state, data_restored = restore_or_initialise(config, state, ckpt, writer, train_batches)
     first_step = int(state["step"])
@@ -296,12 +339,17 @@ def _train_or_evaluate(config, workdir, mode, derived):
     for line in derived:
       writer.print(line)
     run = Run(config, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption)
-    state = _train_loop(run, state, first_step)
+    state, final = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)
     if best is not None:
       writer.print(f"best eval/top1 {ckpt.metrics(best)[checkpoints.BEST_METRIC]:.4f} at step {best} "
-                   f"(kept in {ckpt.directory}/{best})")
+                   f"(best checkpoint, kept in {ckpt.directory}/{best})")
+    if final is None:
+      writer.print(f"nothing left to train: the model in {ckpt.directory} is at step {first_step} "
+                   f"(total_steps={config.total_steps}); --mode=evaluate evaluates it")
+    else:
+      writer.print(f"final model at step {config.total_steps}: {evaluate.summary(final, prefix=False)}")
     return state
   finally:
     if preemption is not None:

@@ -19,7 +19,7 @@ def default_config():
   d.eval_size = 512
   d.object_size = 8
   d.speed = 3.0  # pixels per frame
-  d.workers = 0  # grain worker processes (0: read in the main process)
+  d.workers = -1  # grain worker processes; -1: automatic (this process's share of the CPUs); 0: the main process
   d.data_dir = ""  # where xvit_jax.data.prepare wrote the TFDS datasets ("": TFDS's default)
   d.train_split, d.eval_split = "train", "validation"
   d.sampling = "dense"  # train frames: dense (a random span of num_frames*stride) | segment (one per segment)
@@ -58,7 +58,9 @@ def check_config(config):
   """UserError naming the field for a `data` or `augment` value the run could not use."""
   d, a, num_classes = config.data, config.augment, config.model.num_classes
   fields.one_of(config, "data.name", registry.NAMES)
-  fields.non_negative(config, "data.workers")
+  if d.workers < -1:
+    fields.fail("data.workers", d.workers, "-1 (automatic: from the CPUs this process may use), 0 (the main "
+                "process reads) or a number of grain worker processes")
   fields.one_of(config, "data.sampling", ("dense", "segment"))
   for field in ("augment.flip", "augment.random_erasing"):
     if not 0.0 <= fields.get(config, field) <= 1.0:

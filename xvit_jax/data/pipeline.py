@@ -12,9 +12,12 @@ padding fills the last batch so every process runs the same steps.
 """
 
 import math
+import os
 
 import grain
 import numpy as np
+
+CGROUP = "/sys/fs/cgroup"  # what a process (in a container: the container) sees of its cgroup
 
 
 def _global_position(position, global_batch, rows):
@@ -36,6 +39,31 @@ class _ReadRow:
     g = _global_position(position, self.global_batch, self.rows)
     example = self.clip_fn(self.source[self.order[g]], np.random.default_rng([self.seed, g]))
     return {} if example is None else example  # not None: grain's workers would drop it, out of turn
+
+
+def usable_cpus(cgroup=CGROUP):
+  """The CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota (v2 cpu.max, or v1
+  cpu.cfs_quota_us and cpu.cfs_period_us; a fractional quota rounded down, at least 1)."""
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  quota = _read(cgroup, "cpu.max") or _read(cgroup, "cpu/cpu.cfs_quota_us") + _read(cgroup, "cpu/cpu.cfs_period_us")
+  if len(quota) != 2 or quota[0] in ("max", "-1"):  # no cgroup files, or no quota
+    return cpus
+  return max(1, min(cpus, int(quota[0]) // int(quota[1])))
+
+
+def _read(folder, name):
+  """The words of a file, or [] if it cannot be read."""
+  try:
+    with open(os.path.join(folder, name)) as f:
+      return f.read().split()
+  except OSError:
+    return []
+
+
+def auto_workers(cpus, processes_on_host=1):
+  """data.workers=-1: grain worker processes for one JAX process, its share of the host's usable `cpus`
+  less one CPU for itself (0: the main process reads)."""
+  return max(cpus // max(processes_on_host, 1) - 1, 0)
 
 
 def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0):
