@@ -51,7 +51,7 @@ def smoke(c):
   m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers, m.patch_size, m.image_size = 32, 4, 64, 2, 8, 32
   m.num_frames, m.shift_segment, m.temporal_embed_frames = 8, min(m.shift_segment or 8, 8), 8
   c.data.stride = c.eval.stride = 2
-  c.augment.short_side_range = (36, 40)
+  c.augment.short_side_range, c.augment.mixup_group = (36, 40), 2  # mixup (Kinetics) over the whole batch of 2
   c.batch_size, c.total_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 3, 1, 3, 3
   c.optimizer.warmup_steps = 1
   c.optimizer.lr_scaling = "none"  # the recipe's rates at batch 64, unscaled

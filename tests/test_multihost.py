@@ -1,5 +1,6 @@
 """Two processes joined by jax.distributed on 127.0.0.1 (gloo collectives on CPU) train exactly as one
-process with the same devices: each reads only its rows of every global batch."""
+process with the same devices: each reads only its rows of every global batch, and a record that cannot
+be read shifts no row."""
 
 import importlib.util
 import os
@@ -10,9 +11,27 @@ import time
 import jax
 import numpy as np
 
-from conftest import final_params, read_metrics, run_main, saved_steps, start_main
+from conftest import final_params, grey_video, main_config, prepare, read_metrics, run_main, saved_steps, start_main
+from conftest import write_csv
 
 RUN = ["--config.total_steps=6", "--config.log_every=1", "--config.eval_every=3", "--config.checkpoint_every=3"]
+KINETICS = ["--config.data.name=kinetics400", "--config.model.num_classes=400", "--config.augment.mixup=0.4",
+            "--config.augment.mixup_group=4"]  # 2 processes x 4 rows of the batch of 8: a mixup group each
+
+
+def kinetics_with_a_bad_record(tmp):
+  """A prepared Kinetics-400 layout: 6 train videos, one of them of 2 frames (prepared, unreadable in
+  training: it takes 1 row in each epoch), and 1 validation video; the run flags that read it."""
+  header, rows = ["label", "youtube_id", "time_start", "time_end", "split"], []
+  for i in range(6):
+    grey_video(tmp / "manual" / "train" / f"t{i}_000000_000010.mp4", num=2 if i == 3 else 12,
+               level=lambda j, i=i: 30 * i + 5 * j + 10)
+    rows.append([("abseiling", "zumba")[i % 2], f"t{i}", 0, 10, "train"])
+  write_csv(tmp / "manual" / "annotations" / "train.csv", header, rows)
+  grey_video(tmp / "manual" / "val" / "v0_000000_000010.mp4")
+  write_csv(tmp / "manual" / "annotations" / "validate.csv", header, [["zumba", "v0", 0, 10, "validate"]])
+  assert "skipped 0 of 7" in prepare(tmp, "kinetics400")[0]
+  return [*KINETICS, f"--config.data.data_dir={tmp / 'data'}"]
 
 
 def free_port():
@@ -33,10 +52,13 @@ def finish(processes, timeout=300):
 
 
 def test_two_processes_train_as_one(tmp_path):
-  single = run_main(tmp_path / "one", *RUN, devices=2)
+  """On real videos, one of them unreadable, with mixup: the same losses, evaluations and parameters."""
+  run = [*RUN, *kinetics_with_a_bad_record(tmp_path)]
+  model = main_config(*KINETICS).model
+  single = run_main(tmp_path / "one", *run, devices=2)
   assert single.returncode == 0, single.stderr[-2000:]
 
-  codes, outputs = finish(start_processes(tmp_path / "two", *RUN, "--config.data.workers=-1"))
+  codes, outputs = finish(start_processes(tmp_path / "two", *run, "--config.data.workers=-1"))
   assert codes == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
   assert "2 device(s) in 2 process(es)" in outputs[0][0]
   assert "shared by 2 JAX process(es) on this host" in outputs[0][0]  # the automatic workers: each its share
@@ -46,20 +68,24 @@ def test_two_processes_train_as_one(tmp_path):
   assert [r["step"] for r in two] == [r["step"] for r in one]
   for a, b in zip(one, two):
     np.testing.assert_allclose(b["train/loss"], a["train/loss"], rtol=1e-5)
+    assert b["train/bad_records"] == a["train/bad_records"]
     if "eval/top1" in a:
       assert (b["eval/top1"], b["eval/videos"]) == (a["eval/top1"], a["eval/videos"])
-  for a, b in zip(jax.tree.leaves(final_params(tmp_path / "one")), jax.tree.leaves(final_params(tmp_path / "two"))):
+  assert sum(r["train/bad_records"] for r in two) == 8  # 48 rows: 8 epochs of the 6 records, the bad one in each
+  for a, b in zip(jax.tree.leaves(final_params(tmp_path / "one", model)),
+                  jax.tree.leaves(final_params(tmp_path / "two", model))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
   # both processes saved their data position; a restart resumes each from its own
   data_files = os.listdir(tmp_path / "two" / "checkpoints" / "6" / "data")
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data_files)
-  more = [arg.replace("total_steps=6", "total_steps=9") for arg in RUN]
+  more = [arg.replace("total_steps=6", "total_steps=9") for arg in run]
   assert run_main(tmp_path / "one", *more, devices=2).returncode == 0
   codes, outputs = finish(start_processes(tmp_path / "two", *more))
   assert codes == [0, 0], outputs[0][1][-2000:]
   assert "data stream at the saved position" in outputs[0][0]
-  for a, b in zip(jax.tree.leaves(final_params(tmp_path / "one")), jax.tree.leaves(final_params(tmp_path / "two"))):
+  for a, b in zip(jax.tree.leaves(final_params(tmp_path / "one", model)),
+                  jax.tree.leaves(final_params(tmp_path / "two", model))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 

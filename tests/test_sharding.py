@@ -69,7 +69,8 @@ for workdir, overrides in json.loads(sys.argv[1]).items():
   train.train_and_evaluate(main_config(*overrides), workdir)
 """
 
-STEPS = ["--config.total_steps=3", "--config.log_every=1", "--config.eval_every=3"]
+STEPS = ["--config.total_steps=3", "--config.log_every=1", "--config.eval_every=3",
+         "--config.augment.mixup=0.4", "--config.augment.mixup_group=4", "--config.optimizer.label_smoothing=0.1"]
 MESHES = {"dp2_fsdp4": (2, 4, 1), "dp2_fsdp2_tp2": (2, 2, 2)}
 
 
@@ -99,7 +100,8 @@ def test_state_is_created_sharded_on_eight_devices(on_8_devices):
 
 def test_sharded_training_equals_one_device(on_8_devices, tmp_path):
   """The same global batch on 1 device, on data=2 x fsdp=4 and on data=2 x fsdp=2 x tensor=2: the same
-  losses and parameters after 3 steps, within float32 reduction-order tolerance."""
+  losses and parameters after 3 steps, within float32 reduction-order tolerance; mixup included, in groups
+  of 4 rows of the global batch whatever the mesh (a group spans 4 devices on data=2 x fsdp=4)."""
   _, stdout, workdirs = on_8_devices
   single, _ = train_main(tmp_path, *STEPS)  # this process: one device
   assert "1 device(s)" in single and "mesh data=1 x fsdp=1 x tensor=1" in single

@@ -1,54 +1,59 @@
-"""The train state (state.py) and the train step: mixup within each device's slice of the batch, the
-official mixup-with-label-smoothing loss, abstract state for ahead-of-time compilation, checkpoint items."""
+"""The train state (state.py) and the train step: mixup in fixed groups of the global batch, the official
+mixup-with-label-smoothing loss, abstract state for ahead-of-time compilation, checkpoint items."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from xvit_jax import checkpoints, optim, sharding, train
+from xvit_jax import checkpoints, config_lib, optim, sharding, train
 from xvit_jax import state as state_lib
+from xvit_jax.data import pipeline, sources, synthetic, transforms
+from xvit_jax.errors import UserError
 
-MIXUP = jax.jit(train.mixup, static_argnums=(3, 4))
-
-
-def mixup_draws(rng, groups, per_group):
-  """(lambda, partner) per row that train.mixup draws with `rng`, read off identity rows: row i comes out
-  as lambda * e_i + (1 - lambda) * e_partner (partner i: the row is left as it is)."""
-  b = groups * per_group
-  mixed = np.asarray(MIXUP(jnp.eye(b), jnp.eye(b), rng, 0.4, groups)[0])
-  lam, partner = np.ones(b), np.arange(b)
-  for i, row in enumerate(mixed):
-    if row[i] < 1 - 1e-6:
-      others = np.where(np.arange(b) == i, 0, row)
-      lam[i], partner[i] = row[i], int(np.argmax(others))
-      np.testing.assert_allclose(row[partner[i]], 1 - lam[i], atol=1e-6)
-      assert np.count_nonzero(np.abs(row) > 1e-6) <= 2
-  return lam, partner
+def batches(config, count, rows=None, mixup=0.4, group=4, global_batch=8):
+  """The first `count` train batches of the synthetic task, this process's `rows` of each (default: all)."""
+  ds = pipeline.train_dataset(synthetic.from_config(config, "train"), global_batch=global_batch, seed=5, rows=rows,
+                              clip_fn=sources.TrainClip(config), mixup=mixup, mixup_group=group)
+  return [batch for _, batch in zip(range(count), iter(ds))]
 
 
-def test_mixup_mixes_within_each_device_slice_with_one_lambda_each():
-  groups, per_group, classes = 4, 6, 5
-  lam, partner = mixup_draws(jax.random.key(0), groups, per_group)
-  group = np.arange(groups * per_group) // per_group
-  assert np.array_equal(group[partner], group)  # partners come from the same slice
+def test_mixup_mixes_fixed_groups_of_the_global_batch_whoever_reads_them():
+  """Groups of mixup_group consecutive rows of the global batch, one lambda and one permutation each, drawn
+  from (seed, step, group): the same batches whether one process reads all rows or two read half each."""
+  config = tiny_config()
+  mixed, plain = batches(config, 2), batches(config, 2, mixup=0.0)
+  halves = [batches(config, 2, rows=rows) for rows in ((0, 4), (4, 8))]
+  for batch, first, second in zip(mixed, *halves):
+    for key in ("video", "label", "mixup_label", "mixup_lam", "bad"):
+      np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), batch[key])
   lams = set()
-  for g in range(groups):  # a permutation of the slice, and one lambda for all of it
-    rows = np.flatnonzero(group == g)
-    assert sorted(partner[rows]) == list(rows)
-    mixed = rows[partner[rows] != rows]
-    assert len(mixed) and np.allclose(lam[mixed], lam[mixed[0]], atol=1e-6)
-    lams.add(round(float(lam[mixed[0]]), 5))
-  assert len(lams) == groups  # each slice drew its own lambda
+  for batch, clean in zip(mixed, plain):
+    for rows in (slice(0, 4), slice(4, 8)):  # each group: one lambda, partners a permutation of the group
+      lam, video, clean_video = batch["mixup_lam"][rows], batch["video"][rows], clean["video"][rows]
+      assert np.all(lam == lam[0]) and 0 < lam[0] < 1
+      lams.add(float(lam[0]))
+      partners = [int(np.argmin([np.abs(video[i] - lam[0] * clean_video[i] - (1 - lam[0]) * other).max()
+                                 for other in clean_video])) for i in range(4)]
+      assert sorted(partners) == [0, 1, 2, 3] and partners != [0, 1, 2, 3]
+      np.testing.assert_allclose(video, lam[0] * clean_video + (1 - lam[0]) * clean_video[partners], atol=1e-6)
+      np.testing.assert_array_equal(batch["mixup_label"][rows], clean["label"][rows][partners])
+      np.testing.assert_array_equal(batch["label"][rows], clean["label"][rows])
+  assert len(lams) == 4  # each group of each step drew its own lambda
 
-  rng = np.random.default_rng(1)  # the targets are mixed with the same lambda and partner as the clips
-  video, targets = rng.normal(size=(24, 2, 3)).astype(np.float32), np.eye(classes, dtype=np.float32)[np.arange(24) % 5]
-  mixed_video, mixed_targets = MIXUP(video, targets, jax.random.key(0), 0.4, groups)
-  np.testing.assert_allclose(mixed_video, lam[:, None, None] * video + (1 - lam[:, None, None]) * video[partner],
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(mixed_targets, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner],
-                             rtol=1e-5, atol=1e-6)
+
+def test_a_mixup_group_that_does_not_divide_the_batch_or_a_process_rows_is_a_config_error():
+  config = tiny_config()
+  config.augment.mixup, config.augment.mixup_group = 0.4, 3
+  with pytest.raises(UserError, match=r"^config.augment.mixup_group=3 is not allowed: a divisor of batch_size=4$"):
+    config_lib.check(config, num_devices=1)
+  config.augment.mixup = 0.0  # mixup off: the group is not used
+  config_lib.check(config, num_devices=1)
+  with pytest.raises(UserError, match=r"^config.augment.mixup_group=4 is not allowed: a divisor of batch_size=8 and "
+                                      r"of the 2 rows 2..3 of it that this process reads$"):
+    batches(config, 1, rows=(2, 4))
 
 
 def small_run(config):
@@ -59,9 +64,11 @@ def small_run(config):
 
 def test_the_step_from_the_abstract_state_gives_the_official_mixup_and_smoothing_loss():
   """The step compiled ahead of time from state.abstract (nothing allocated) runs on state.create's state;
-  its loss is the official lam * L(y_a) + (1 - lam) * L(y_b), L = timm's LabelSmoothingCrossEntropy."""
-  config = tiny_config()
-  config.augment.mixup, config.optimizer.label_smoothing, groups, smoothing = 0.4, 0.3, 2, 0.3
+  on a batch mixed by transforms.mixup, with two label heads (EPIC's verb and noun), its loss is the sum
+  over the heads of the official lam * L(y_a) + (1 - lam) * L(y_b), L = timm's LabelSmoothingCrossEntropy;
+  it counts the rows the pipeline marked as replaced bad records."""
+  config = tiny_config(num_classes=5)
+  config.data.label_heads, config.optimizer.label_smoothing, smoothing = "verb:2,noun:3", 0.3, 0.3
   mesh, tx, schedule = small_run(config)
   graphdef, abstract, shardings = state_lib.abstract(config, tx, mesh)
   graphdef_created, state, shardings_created = state_lib.create(config, tx, mesh)
@@ -73,23 +80,26 @@ def test_the_step_from_the_abstract_state_gives_the_official_mixup_and_smoothing
 
   m = config.model
   rng = np.random.default_rng(0)
-  batch = {"video": rng.uniform(-1, 1, (8, m.num_frames, m.image_size, m.image_size, 3)).astype(np.float32),
-           "label": np.arange(8, dtype=np.int32) % m.num_classes}
+  clips = [{"video": rng.uniform(-1, 1, (m.num_frames, m.image_size, m.image_size, 3)).astype(np.float32),
+            "label": np.array([i % 2, i % 3], np.int32), "bad": np.int32(i in (2, 7))} for i in range(8)]
+  clips = [c for group in (clips[:4], clips[4:]) for c in transforms.mixup(group, np.random.default_rng(1), 0.4)]
+  batch = {key: np.stack([c[key] for c in clips]) for key in clips[0]}
   batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-  step = train.make_train_step(config, graphdef, tx, schedule, groups=groups, shardings=shardings)
+  step = train.make_train_step(config, graphdef, tx, schedule, shardings=shardings)
   compiled = step.lower(abstract, batch_spec).compile()
   params = jax.tree.map(jnp.copy, state["params"])  # the step donates the state
-  key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-  lam, partner = mixup_draws(jax.random.split(key)[1], groups, 4)
   _, metrics = compiled(state, batch)
 
-  video, labels = batch["video"], batch["label"]
-  mixed = lam[:, None, None, None, None] * video + (1 - lam[:, None, None, None, None]) * video[partner]
-  log_p = np.asarray(jax.nn.log_softmax(nnx.merge(graphdef, params)(jnp.asarray(mixed))), np.float64)
-  smooth_ce = lambda y: (1 - smoothing) * -log_p[np.arange(8), y] + smoothing * -log_p.mean(axis=1)
-  official = np.mean(lam * smooth_ce(labels) + (1 - lam) * smooth_ce(labels[partner]))
-  assert lam.min() < 0.9 and (labels[partner] != labels).any()  # clips of other classes were mixed in
+  lam, labels, partner_labels = batch["mixup_lam"].astype(np.float64), batch["label"], batch["mixup_label"]
+  logits = np.asarray(nnx.merge(graphdef, params)(jnp.asarray(batch["video"])), np.float64)
+  official = 0.0
+  for head, (lo, hi) in enumerate([(0, 2), (2, 5)]):
+    log_p = np.asarray(jax.nn.log_softmax(logits[:, lo:hi]))
+    smooth_ce = lambda y, log_p=log_p: (1 - smoothing) * -log_p[np.arange(8), y] + smoothing * -log_p.mean(axis=1)
+    official += np.mean(lam * smooth_ce(labels[:, head]) + (1 - lam) * smooth_ce(partner_labels[:, head]))
+  assert lam.min() < 0.9 and (partner_labels != labels).any()  # clips of other classes were mixed in
   np.testing.assert_allclose(float(metrics["train/loss"]), official, rtol=1e-5)
+  assert int(metrics["train/bad_records"]) == 2
 
 
 def test_checkpoint_items_restore_the_whole_state(tmp_path):

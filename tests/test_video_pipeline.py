@@ -31,17 +31,38 @@ def video_config():
   return c
 
 
-def test_train_batches_from_encoded_videos_skip_the_unreadable_one():
+def train_rows(source, clip_fn, batches, rows=None):
+  """The first `batches` train batches (global batch 4, seed 0), this process's `rows` of each, as one batch."""
+  ds = pipeline.train_dataset(source, global_batch=4, seed=0, clip_fn=clip_fn, rows=rows)
+  got = [batch for _, batch in zip(range(batches), iter(ds))]
+  return {key: np.concatenate([batch[key] for batch in got]) for key in got[0]}
+
+
+def test_an_unreadable_record_is_replaced_by_the_next_readable_one_of_the_shuffled_order():
+  """Its row takes the next record of the shuffled order with the row's own augmentation, so each epoch's
+  rows equal those of a source where the broken record is that next one; no row shifts (two processes'
+  halves make the same batches), and "bad" marks the row for train/bad_records."""
   cfg, source = video_config(), records()
-  ds = pipeline.train_dataset(source, global_batch=4, seed=0, clip_fn=sources.TrainClip(cfg))
-  batches = [b for _, b in zip(range(3), iter(ds))]
-  for batch in batches:
-    assert batch["video"].shape == (4, 4, 32, 32, 3) and batch["video"].dtype == np.float32
-    assert -1 <= batch["video"].min() and batch["video"].max() <= 1
-  labels = np.concatenate([b["label"] for b in batches])
-  assert len(labels) == 12  # 5 readable videos per epoch, the broken one skipped
-  again = next(iter(pipeline.train_dataset(source, global_batch=4, seed=0, clip_fn=sources.TrainClip(cfg))))
-  np.testing.assert_array_equal(again["video"], batches[0]["video"])
+  clip = sources.TrainClip(cfg)
+  rows = train_rows(source, clip, 3)  # 12 rows: two epochs of the 6 records
+  assert rows["video"].shape == (12, 4, 32, 32, 3) and rows["video"].dtype == np.float32
+  assert -1 <= rows["video"].min() and rows["video"].max() <= 1
+  order = train_rows([{"n": i} for i in range(6)], lambda record, rng: {"n": np.int32(record["n"])}, 4)["n"]
+  broken = [int(p) for p in np.flatnonzero(order == 2)[:2]]  # records()[2]: its position in epochs 0 and 1
+  np.testing.assert_array_equal(rows["bad"], np.isin(np.arange(12), broken))
+  for epoch, p in enumerate(broken):
+    replaced = list(source)
+    replaced[2] = source[order[p + 1]]
+    expected = train_rows(replaced, clip, 3)
+    epoch_rows = slice(6 * epoch, 6 * epoch + 6)
+    for key in ("video", "label"):
+      np.testing.assert_array_equal(rows[key][epoch_rows], expected[key][epoch_rows])
+    assert not expected["bad"].any()
+  halves = [train_rows(source, clip, 3, rows=half) for half in ((0, 2), (2, 4))]
+  for key in ("video", "label", "bad"):
+    np.testing.assert_array_equal(np.concatenate([halves[0][key].reshape(3, 2, *rows[key].shape[1:]),
+                                                  halves[1][key].reshape(3, 2, *rows[key].shape[1:])], 1),
+                                  rows[key].reshape(3, 4, *rows[key].shape[1:]))
   assert sources.TrainClip(cfg)(two_frames(), np.random.default_rng(0)) is None
 
 

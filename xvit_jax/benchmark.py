@@ -102,8 +102,7 @@ def _train_step(config):
   params = nnx.state(create_model(config.model, dtype=config.dtype, seed=config.seed), nnx.Param)
   state = jax.device_put(state_lib.initial(params, tx, config.seed), shardings)
   batch = sharding.global_batch(mesh, random_batch(config))
-  step = train.make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
-                               shardings=shardings).lower(state, batch).compile()
+  step = train.make_train_step(config, graphdef, tx, schedule, shardings=shardings).lower(state, batch).compile()
   carried = [state]
 
   def train_once():

@@ -26,31 +26,15 @@ from xvit_jax.errors import UserError
 from xvit_jax.metric_writer import MetricWriter, format_duration
 
 
-def mixup(video, targets, rng, alpha, groups):
-  """Mixup within each of `groups` equal slices of the batch (one per data shard, as the official code
-  mixes each GPU's batch): one lambda ~ Beta(alpha, alpha) and one permutation per slice."""
-  b = video.shape[0] // groups
-  lam_rng, perm_rng = jax.random.split(rng)
-  lam = jax.random.beta(lam_rng, alpha, alpha, (groups,))
-  perm = jax.vmap(lambda key: jax.random.permutation(key, b))(jax.random.split(perm_rng, groups))
-
-  def mix(x):
-    x = x.reshape(groups, b, *x.shape[1:])
-    other = jnp.take_along_axis(x, perm.reshape(groups, b, *([1] * (x.ndim - 2))), axis=1)
-    w = lam.reshape(groups, *([1] * (x.ndim - 1))).astype(x.dtype)
-    return (w * x + (1 - w) * other).reshape(groups * b, *x.shape[2:])
-
-  return mix(video), mix(targets)
-
-
-def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None):
+def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
   """jit'd (state, batch) -> (state, metrics). With several label heads (EPIC verb and noun) the loss is
-  the sum of the heads' cross-entropies and the accuracy counts clips with every head right.
+  the sum of the heads' cross-entropies and the accuracy counts clips with every head right. A batch the
+  pipeline mixed (data.transforms.mixup) mixes each row's smoothed targets with its partner's alike.
 
   With config.grad_accum_steps = n > 1 the batch is cut into n micro-batches (rows i, i+n, i+2n, ...: each
   spread over all devices) whose gradients are averaged in float32 by a scan, so the step equals one
   over the whole batch (dropout masks aside) with 1/n of the activation memory."""
-  (heads, bounds), smoothing, alpha = label_heads(config), config.optimizer.label_smoothing, config.augment.mixup
+  (heads, bounds), smoothing = label_heads(config), config.optimizer.label_smoothing
   accum = config.grad_accum_steps
 
   def loss_fn(params, video, targets, rng):
@@ -77,12 +61,14 @@ def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    dropout_rng, mixup_rng = jax.random.split(rng)
+    dropout_rng, _ = jax.random.split(rng)  # the second key drew mixup when it was done on the device
     video, labels = batch["video"], batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
-    targets = jnp.concatenate([optax.smooth_labels(jax.nn.one_hot(labels[:, g], size), smoothing)
-                               for g, (_, size) in enumerate(heads)], axis=-1)
-    if alpha:
-      video, targets = mixup(video, targets, mixup_rng, alpha, groups)
+    smoothed = lambda y: jnp.concatenate([optax.smooth_labels(jax.nn.one_hot(y[:, g], size), smoothing)
+                                          for g, (_, size) in enumerate(heads)], axis=-1)
+    targets = smoothed(labels)
+    if "mixup_lam" in batch:
+      lam = batch["mixup_lam"][:, None]
+      targets = lam * targets + (1 - lam) * smoothed(batch["mixup_label"].reshape(labels.shape))
     if accum == 1:
       (loss, logits), grads = grad_fn(state["params"], video, targets, dropout_rng)
     else:
@@ -100,6 +86,8 @@ def make_train_step(config, graphdef, tx, schedule, *, groups=1, shardings=None)
     metrics = {"train/loss": loss, "train/accuracy": jnp.mean(right), "train/learning_rate": schedule(state["step"]),
                "train/grad_norm": grad_norm, "train/finite": finite.astype(jnp.float32),
                "train/nonfinite_steps": new_state["nonfinite_steps"]}
+    if "bad" in batch:  # rows whose unreadable record the pipeline replaced
+      metrics["train/bad_records"] = batch["bad"].sum()
     return new_state, metrics
 
   if shardings is None:
@@ -227,6 +215,8 @@ class Progress:
     metrics = jax.device_get([m for _, m in self.pending])
     record = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
     record["train/nonfinite_steps"] = float(metrics[-1]["train/nonfinite_steps"])
+    if "train/bad_records" in record:  # a count over the steps since the last log
+      record["train/bad_records"] = float(np.sum([m["train/bad_records"] for m in metrics]))
     self.pending = []
     if self.timer_start is None:
       self.timer_start, self.timed_steps = time.time(), step
@@ -315,7 +305,8 @@ def _train_or_evaluate(config, workdir, mode, derived):
     workers = data_workers(config, writer) if mode == "train" else 0
     make_batches = lambda seed: iter(pipeline.train_dataset(
         sources.source(config, "train"), global_batch=config.batch_size, rows=rows, seed=seed,
-        clip_fn=sources.TrainClip(config), workers=workers))
+        clip_fn=sources.TrainClip(config), workers=workers, mixup=config.augment.mixup,
+        mixup_group=config.augment.mixup_group))
     train_batches = make_batches(config.seed) if mode == "train" else None
     state, data_restored = restore_or_initialise(config, state, ckpt, writer, train_batches)
     first_step = int(state["step"])
@@ -329,8 +320,7 @@ def _train_or_evaluate(config, workdir, mode, derived):
       writer.write(first_step, results)
       return results
 
-    train_step = make_train_step(config, graphdef, tx, schedule, groups=sharding.batch_shards(mesh),
-                                 shardings=state_shardings)
+    train_step = make_train_step(config, graphdef, tx, schedule, shardings=state_shardings)
     to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     mesh_text = " x ".join(f"{a}={n}" for a, n in mesh.shape.items())
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "

@@ -37,7 +37,8 @@ def default_augment_config():
   a.flip = 0.5  # horizontal flip probability (0 for SSv2)
   a.autoaugment = False  # timm AutoAugment v0, one draw per clip
   a.random_erasing = 0.0  # probability of one erased box per clip
-  a.mixup = 0.0  # Beta(alpha, alpha) mixup within each device's batch; 0: off
+  a.mixup = 0.0  # Beta(alpha, alpha) mixup within each group of mixup_group clips; 0: off
+  a.mixup_group = 8  # clips mixed together: consecutive rows of the global batch (the official per-GPU batch)
   return a
 
 
@@ -67,6 +68,8 @@ def check_config(config):
       fields.fail(field, fields.get(config, field), "a probability in [0, 1]")
   if a.mixup < 0:
     fields.fail("augment.mixup", a.mixup, "an alpha >= 0 (0: off)")
+  if a.mixup and config.batch_size % fields.positive_int(config, "augment.mixup_group"):
+    fields.fail("augment.mixup_group", a.mixup_group, f"a divisor of batch_size={config.batch_size}")
   lo, hi = a.short_side_range
   image_size = config.model.image_size
   if not 0 < lo <= hi or lo < image_size:

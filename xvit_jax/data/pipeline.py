@@ -6,9 +6,14 @@ sharding.process_rows), and each clip's random augmentation is seeded by its glo
 clips a step trains on do not depend on how many processes read them, and a run resumed from a saved
 iterator state continues with exactly the batches an uninterrupted run would have seen.
 
-Train batches: {"video": float32 (b, T, H, W, 3), "label": (b,)}. Eval batches: {"video": float32
-(b, views, T, H, W, 3), "label", "mask" (1: a real video), "bad" (1: a video that could not be read)};
-padding fills the last batch so every process runs the same steps.
+An unreadable record never shifts a batch: its row takes the next readable record of the shuffled order
+(a real clip with its real label) and is counted. Mixup mixes fixed groups of consecutive rows of the
+global batch, with an rng of (seed, step, group), on the host: the same whatever the mesh or processes.
+
+Train batches: {"video": float32 (b, T, H, W, 3), "label": (b,) or (b, heads), "bad": int32 (b,) (1: the
+row's own record was unreadable)}, with mixup also "mixup_label" and "mixup_lam" (transforms.mixup).
+Eval batches: {"video": float32 (b, views, T, H, W, 3), "label", "mask" (1: a real video), "bad" (1: a
+video that could not be read)}; padding fills the last batch so every process runs the same steps.
 """
 
 import math
@@ -16,6 +21,10 @@ import os
 
 import grain
 import numpy as np
+
+from xvit_jax import fields
+from xvit_jax.data import transforms
+from xvit_jax.errors import UserError
 
 CGROUP = "/sys/fs/cgroup"  # what a process (in a container: the container) sees of its cgroup
 
@@ -27,18 +36,32 @@ def _global_position(position, global_batch, rows):
   return (position // (hi - lo)) * global_batch + lo + position % (hi - lo)
 
 
-class _ReadRow:
-  """Position in this process's stream -> its example: the record at that global position of the
-  shuffled order, through `clip_fn` with an rng seeded by (seed, global position)."""
+class _ReadGroup:
+  """Index in this process's stream of groups -> one group: `group` consecutive rows of a global batch.
 
-  def __init__(self, source, order, clip_fn, seed, global_batch, rows):
+  The row at global position g is the record at g of the shuffled order through `clip_fn` with an rng
+  seeded by (seed, g); if that record is unreadable, the next readable one (g+1, g+2, ...) with the same
+  rng, marked "bad": 1. With mixup (alpha > 0) the group is mixed with an rng seeded by (seed, step, group
+  index). Nothing here depends on which process reads the group, or how many do."""
+
+  def __init__(self, source, order, clip_fn, seed, global_batch, rows, group, alpha):
     self.source, self.order, self.clip_fn, self.seed = source, order, clip_fn, seed
-    self.global_batch, self.rows = global_batch, rows
+    self.global_batch, self.rows, self.group, self.alpha = global_batch, rows, group, alpha
 
-  def __call__(self, position):
-    g = _global_position(position, self.global_batch, self.rows)
-    example = self.clip_fn(self.source[self.order[g]], np.random.default_rng([self.seed, g]))
-    return {} if example is None else example  # not None: grain's workers would drop it, out of turn
+  def row(self, g):
+    for k in range(2 * len(self.source)):  # any 2 x len(source) positions of the order hold a whole epoch
+      example = self.clip_fn(self.source[self.order[g + k]], np.random.default_rng([self.seed, g]))
+      if example is not None:
+        return {**example, "bad": np.int32(k > 0)}
+    raise UserError(f"no record of the training split can be read (all {len(self.source)} are unreadable)")
+
+  def __call__(self, index):
+    first = _global_position(index * self.group, self.global_batch, self.rows)
+    clips = [self.row(g) for g in range(first, first + self.group)]
+    if self.alpha:
+      step, offset = divmod(first, self.global_batch)
+      clips = transforms.mixup(clips, np.random.default_rng([self.seed, step, offset // self.group]), self.alpha)
+    return clips
 
 
 def usable_cpus(cgroup=CGROUP):
@@ -66,18 +89,31 @@ def auto_workers(cpus, processes_on_host=1):
   return max(cpus // max(processes_on_host, 1) - 1, 0)
 
 
-def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0):
+def _stack(groups):
+  """Groups of examples -> one batch: each field stacked over all their examples, in order."""
+  examples = [example for group in groups for example in group]
+  return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0, mixup=0.0, mixup_group=1):
   """Endless stream of this process's `rows` (default: all) of each global batch, reshuffled every
-  epoch; `clip_fn(record, rng)` makes one example (or None to skip an unreadable record). Deterministic
+  epoch; `clip_fn(record, rng)` makes one example, or None for an unreadable record, which is replaced
+  (see _ReadGroup) and counted in the batch's "bad". With `mixup` (an alpha > 0) each group of
+  `mixup_group` consecutive rows of the global batch is mixed (transforms.mixup); UserError naming
+  config.augment.mixup_group if it does not divide the batch and this process's rows of it. Deterministic
   in `seed`. Its iterator's get_state()/set_state() resume it exactly (checkpoints save it)."""
   rows = rows or (0, global_batch)
+  per_batch, group = rows[1] - rows[0], mixup_group if mixup else 1
+  if global_batch % group or rows[0] % group or per_batch % group:
+    fields.fail("augment.mixup_group", group, f"a divisor of batch_size={global_batch} and of the {per_batch} rows "
+                f"{rows[0]}..{rows[1] - 1} of it that this process reads")
   order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-  read = _ReadRow(source, order, clip_fn, seed, global_batch, rows)
-  ds = grain.MapDataset.range(len(order) // global_batch * (rows[1] - rows[0])).map(read)
+  read = _ReadGroup(source, order, clip_fn, seed, global_batch, rows, group, mixup)
+  ds = grain.MapDataset.range(len(order) // global_batch * (per_batch // group)).map(read)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, workers), prefetch_buffer_size=2))
-  if workers:  # workers make examples (worker k every k-th of them, interleaved back in order); batches are
+  if workers:  # workers make groups (worker k every k-th of them, interleaved back in order); batches are
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))  # cut here, so they are the same
-  return ds.filter(bool).batch(rows[1] - rows[0], drop_remainder=True)  # {}: an unreadable record, skipped
+  return ds.batch(per_batch // group, drop_remainder=True, batch_fn=_stack)
 
 
 def eval_dataset(source, *, global_batch, views_fn, rows=None):

@@ -3,8 +3,9 @@ and how one record becomes model input (train: decode, sample, augment; eval: th
 
 Records of prepared datasets (tfds.data_source) hold {"video": encoded bytes, "label": int, "id": str,
 "num_frames": int}. A record that cannot be decoded, or has fewer than 3 frames (as the official loaders
-skip such videos), is skipped in training (with a warning) and counted in evaluation (`eval/skipped`),
-never a crash; predict refuses it in one line.
+skip such videos), is replaced in training by the next readable record of the shuffled order (with a
+warning, counted in `train/bad_records`: see pipeline.py) and counted in evaluation (`eval/skipped`), never
+a crash; predict refuses it in one line. The synthetic task has no unreadable records.
 """
 
 import os
@@ -54,12 +55,13 @@ def _decode(record):
   try:
     return read(record["video"], name=name)
   except UserError as e:
-    logging.warning("skipping a record: %s", e)
+    logging.warning("unreadable record: %s", e)
     return None
 
 
 class TrainClip:
-  """record, rng -> {"video": float32 (T, S, S, 3) in [-1, 1], "label": int32}, or None if unreadable."""
+  """record, rng -> {"video": float32 (T, S, S, 3) in [-1, 1], "label": int32}, or None if unreadable (the
+  pipeline then replaces the record)."""
 
   def __init__(self, config):
     d, m, a = config.data, config.model, config.augment

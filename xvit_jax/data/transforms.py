@@ -1,4 +1,4 @@
-"""Train-time augmentation of one clip (reference 5.1-5.3), synchronized over its frames.
+"""Train-time augmentation of one clip (reference 5.1-5.3), synchronized over its frames; mixup of a group.
 
 numpy and Pillow only (no jax), for data workers. Every random choice is drawn once per clip from an
 explicit np.random.Generator and applied alike to all frames (reference 5.1), so the same seed gives
@@ -238,3 +238,16 @@ def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(
   if erasing_p > 0:
     frames = random_erasing(frames, rng, erasing_p)
   return frames
+
+
+# --- across clips ------------------------------------------------------------------------------------
+
+def mixup(clips, rng, alpha):
+  """Mixup of one group of train clips (dicts with "video", "label"), as the official code mixes each GPU's
+  batch (reference 5.4): one lambda ~ Beta(alpha, alpha) and one permutation for the group. Clip i's video
+  becomes lambda * video_i + (1 - lambda) * video_perm[i]; its label stays, and its partner's label and
+  lambda come along as "mixup_label" and "mixup_lam", from which the loss mixes the targets alike."""
+  lam = np.float32(rng.beta(alpha, alpha))
+  perm = rng.permutation(len(clips))
+  return [{**clip, "video": (lam * clip["video"] + (1 - lam) * clips[j]["video"]).astype(np.float32, copy=False),
+           "mixup_label": clips[j]["label"], "mixup_lam": lam} for clip, j in zip(clips, perm)]
