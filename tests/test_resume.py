@@ -2,6 +2,7 @@
 SIGTERM, and restarted with the same command ends bitwise where an uninterrupted run ends, having seen
 the same data; checkpoints keep the newest N and the best; an unfinished checkpoint is never used."""
 
+import json
 import os
 import shutil
 import signal
@@ -107,3 +108,21 @@ def test_keeps_the_newest_and_the_best_and_ignores_an_unfinished_checkpoint(tmp_
                           "--config.checkpoint_keep=2", "--config.optimizer.learning_rate=0.3")
   assert "steps 8..10" in resumed
   assert 10 in saved_steps(tmp_path)
+
+
+def test_a_mixup_runs_data_position_counted_in_rows_by_the_older_pipeline_is_reseeded_in_one_line(tmp_path):
+  """Before mixup groups, a mixup run's saved position counted rows (8 a step here); today's stream is of
+  groups of 4 rows (2 a step). Read as groups, the old position would skip 3 of every 4 batches unsaid."""
+  mixup = ["--config.augment.mixup=0.4", "--config.augment.mixup_group=4", "--config.checkpoint_every=2",
+           "--config.eval_every=0"]
+  train_main(tmp_path, "--config.total_steps=2", *mixup)
+  state_file = tmp_path / "checkpoints" / "2" / "data" / "process_0-of-1.json"
+  assert json.loads(state_file.read_text())["next_index"] == 4  # 2 steps x 2 groups: today's count
+  same, _ = train_main(tmp_path, "--config.total_steps=3", *mixup)
+  assert "resumed from" in same and "(data stream at the saved position)" in same
+
+  shutil.rmtree(tmp_path / "checkpoints" / "3")
+  state_file.write_text(json.dumps(dict(json.loads(state_file.read_text()), next_index=16)))  # 2 steps x 8 rows
+  older, _ = train_main(tmp_path, "--config.total_steps=3", *mixup)
+  assert ("data position saved before mixup mixed groups of augment.mixup_group clips (it counted rows): "
+          "order reseeded at step 2") in older

@@ -137,7 +137,7 @@ def check_init(config, workdir):
                     "--config.init_from=scratch (random weights, on purpose)")
 
 
-def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
+def restore_or_initialise(config, state, ckpt, writer, train_batches=None, rows=None):
   """The newest checkpoint in the workdir if there is one (with its optimizer state, RNG and data
   position when it has them), else `config.init_from` if set ("scratch": `state` as created, said so),
   else `state` as created."""
@@ -152,6 +152,9 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
         except (KeyError, TypeError, ValueError):  # another number of processes, or a pipeline before 2026-12
           data = (f"data position saved by another number of processes or an older pipeline (data.workers > 0 "
                   f"before the batches were cut after the workers): order reseeded at step {step}")
+        if restored and _counted_rows_not_groups(config, train_batches, step, rows):
+          restored, data = False, (f"data position saved before mixup mixed groups of augment.mixup_group clips "
+                                   f"(it counted rows): order reseeded at step {step}")
       writer.print(f"resumed from {ckpt.directory}/{step} ({data})")
       return state, restored
     writer.print(f"starting from the weights in {ckpt.directory}/{step} with a fresh optimizer")
@@ -165,6 +168,16 @@ def restore_or_initialise(config, state, ckpt, writer, train_batches=None):
                  f"fresh: {', '.join(report['fresh']) or 'none'}; ignored from the file: "
                  f"{', '.join(report['dropped']) or 'nothing'}")
   return state, False
+
+
+def _counted_rows_not_groups(config, iterator, step, rows):
+  """Was a mixup run's data position saved by the pipeline before 2026-12? Its stream was of rows, today's
+  of groups of augment.mixup_group rows: a position counted in rows lies beyond `step` batches of groups
+  (today's, even after a reseed, never does)."""
+  if not config.augment.mixup or rows is None:
+    return False
+  groups_per_batch = (rows[1] - rows[0]) // config.augment.mixup_group
+  return iterator.get_state().get("next_index", 0) > step * groups_per_batch
 
 
 def processes_on_this_host():
@@ -308,7 +321,7 @@ def _train_or_evaluate(config, workdir, mode, derived):
         clip_fn=sources.TrainClip(config), workers=workers, mixup=config.augment.mixup,
         mixup_group=config.augment.mixup_group))
     train_batches = make_batches(config.seed) if mode == "train" else None
-    state, data_restored = restore_or_initialise(config, state, ckpt, writer, train_batches)
+    state, data_restored = restore_or_initialise(config, state, ckpt, writer, train_batches, rows)
     first_step = int(state["step"])
     if mode == "train" and first_step and not data_restored:
       train_batches = make_batches(config.seed + first_step)
