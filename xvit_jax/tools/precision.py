@@ -22,13 +22,6 @@ from ml_collections import config_flags
 from xvit_jax.errors import UserError
 from xvit_jax.tools import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), optionally 'file.py:arg'.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Holds the two runs (float32/, bfloat16/) and the comparison.")
-_LAST = flags.DEFINE_integer("last", 5, "Logged training losses averaged into the final loss.", lower_bound=1)
-_LOSS_TOLERANCE = flags.DEFINE_float("loss_tolerance", 0.1, "Allowed relative difference of the final losses.")
-_TOP1_TOLERANCE = flags.DEFINE_float("top1_tolerance", 0.02, "Allowed absolute difference of the final top-1.")
-flags.mark_flags_as_required(["config", "workdir"])
-
 DTYPES = ("float32", "bfloat16")
 
 
@@ -100,14 +93,20 @@ def plot(result, path):
 
 
 def main():
-  workdir = _WORKDIR.value
-  result = compare(_CONFIG.value, workdir, last=_LAST.value, loss_tolerance=_LOSS_TOLERANCE.value,
-                   top1_tolerance=_TOP1_TOLERANCE.value)
+  f = flags.FLAGS
+  result = compare(f.config, f.workdir, last=f.last, loss_tolerance=f.loss_tolerance, top1_tolerance=f.top1_tolerance)
+  workdir = f.workdir
   with open(os.path.join(workdir, "precision.json"), "w") as f:
     json.dump(result, f, indent=1)
   plot(result, os.path.join(workdir, "precision.png"))
   print(markdown(result))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags defined here: importing compare() (the tests do) defines none
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py), optionally 'file.py:arg'.")
+  flags.DEFINE_string("workdir", None, "Holds the two runs (float32/, bfloat16/) and the comparison.")
+  flags.DEFINE_integer("last", 5, "Logged training losses averaged into the final loss.", lower_bound=1)
+  flags.DEFINE_float("loss_tolerance", 0.1, "Allowed relative difference of the final losses.")
+  flags.DEFINE_float("top1_tolerance", 0.02, "Allowed absolute difference of the final top-1.")
+  flags.mark_flags_as_required(["config", "workdir"])
   cli.run(main)
