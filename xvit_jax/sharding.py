@@ -87,11 +87,6 @@ def make_mesh(mesh_config=None, devices=None):
                        devices=devices)
 
 
-def batch_shards(mesh):
-  """How many ways the batch is split: data x fsdp."""
-  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-
-
 def spec_for(name, shape, mesh):
   """The PartitionSpec of an array called `name` (a path like "blocks/0/mlp/fc1/kernel") of `shape`."""
   rule = next(axes for pattern, axes in RULES if re.search(pattern, name))
