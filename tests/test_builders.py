@@ -192,6 +192,7 @@ def test_epic_kitchens_100_frame_folders_and_videos(tmp_path):
   last = train_smoke(tmp_path, "configs/epic100.py")[-1]
   assert {"eval/verb_top1", "eval/noun_top1", "eval/top1"} <= set(last) and last["eval/videos"] == 1
   assert {"final/verb_top1", "final/noun_top1", "final/top1"} <= set(last)  # the final model: action and heads
+  assert last["final/action_top1"] == last["final/top1"]
 
 
 @pytest.mark.parametrize("name", ["kinetics600", "something_something_v2", "epic_kitchens_100"])

@@ -106,8 +106,12 @@ def make_evaluator(config, graphdef, mesh, rows):
 
 def final(results):
   """evaluate()'s results on the final parameters, the training run's result: each eval/NAME as final/NAME
-  (final/top1, final/top5; with several label heads final/top1 is the action, final/verb_top1 a head's)."""
-  return {"final/" + name.split("/", 1)[1]: value for name, value in results.items()}
+  (final/top1, final/top5; with several label heads final/top1 is the action, also named final/action_top1,
+  and final/verb_top1 a head's)."""
+  out = {"final/" + name.split("/", 1)[1]: value for name, value in results.items()}
+  if any(name.endswith("_top1") for name in results):  # several heads (EPIC): the action by its own name too
+    out.update({f"final/action_{k}": out[f"final/{k}"] for k in ("top1", "top5") if f"final/{k}" in out})
+  return out
 
 
 def summary(results, *, prefix=True):
