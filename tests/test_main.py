@@ -136,3 +136,28 @@ def test_usable_cpus_from_the_affinity_and_the_cgroup_quota(tmp_path, monkeypatc
     config_lib.check(config, num_devices=1)
   assert str(error.value) == ("config.data.workers=-2 is not allowed: -1 (automatic: from the CPUs this process "
                               "may use), 0 (the main process reads) or a number of grain worker processes")
+
+
+def test_the_log_shows_the_share_of_time_spent_waiting_for_input(tmp_path, monkeypatch):
+  """Clips made 30 ms each (a batch of 8: 0.24 s) for a step of milliseconds: the loop waits for input
+  most of the time, and each log line after the first (which holds compilation) and metrics.jsonl say so."""
+  import time  # pylint: disable=import-outside-toplevel
+  from xvit_jax.data import sources  # pylint: disable=import-outside-toplevel
+  real = sources.TrainClip
+
+  class SlowClip:
+    def __init__(self, config):
+      self.clip = real(config)
+
+    def __call__(self, record, rng):
+      time.sleep(0.03)
+      return self.clip(record, rng)
+
+  monkeypatch.setattr(sources, "TrainClip", SlowClip)
+  stdout, _ = train_main(tmp_path, "--config.total_steps=6", "--config.log_every=2", "--config.eval_every=0")
+  logged = [r for r in read_metrics(tmp_path) if "train/loss" in r]
+  assert [r["step"] for r in logged] == [2, 4, 6] and "train/input_wait_fraction" not in logged[0]
+  assert all(0.7 < r["train/input_wait_fraction"] <= 1 for r in logged[1:]), logged
+  lines = [line for line in stdout.splitlines() if line.startswith("step ")]
+  assert "input wait" not in lines[0]
+  assert all(f"| input wait {100 * r['train/input_wait_fraction']:.0f}%" in line for r, line in zip(logged[1:], lines[1:]))

@@ -207,9 +207,16 @@ class Progress:
   def __init__(self, config, writer):
     self.config, self.writer = config, writer
     self.pending, self.timer_start, self.timed_steps = [], None, 0
+    self.input_wait, self.interval_start, self.excluded = 0.0, None, 0.0
 
-  def add(self, step, metrics):
+  def add(self, step, metrics, input_wait=0.0):
+    """`input_wait`: the seconds this step waited for its batch (made and placed on the devices)."""
     self.pending.append((step, metrics))
+    self.input_wait += input_wait
+
+  def exclude(self, seconds):
+    """Time outside training steps (evaluation, checkpoints): not part of the input-wait fraction."""
+    self.excluded += seconds
 
   def check_finite(self, ckpt):
     """UserError naming the first step whose loss or gradients were NaN/Inf, if nonfinite="stop"."""
@@ -230,18 +237,24 @@ class Progress:
     record["train/nonfinite_steps"] = float(metrics[-1]["train/nonfinite_steps"])
     if "train/bad_records" in record:  # a count over the steps since the last log
       record["train/bad_records"] = float(np.sum([m["train/bad_records"] for m in metrics]))
-    self.pending = []
+    self.pending, now = [], time.time()
     if self.timer_start is None:
-      self.timer_start, self.timed_steps = time.time(), step
+      self.timer_start, self.timed_steps = now, step
       clips_per_sec = float("nan")
     else:
-      clips_per_sec = (step - self.timed_steps) * self.config.batch_size / (time.time() - self.timer_start)
+      clips_per_sec = (step - self.timed_steps) * self.config.batch_size / (now - self.timer_start)
       record["train/clips_per_sec"] = clips_per_sec
+      # the share of the interval's wall time the loop waited for input: the devices idle for want of clips
+      training = now - self.interval_start - self.excluded
+      record["train/input_wait_fraction"] = min(1.0, self.input_wait / training) if training > 0 else 0.0
+    self.input_wait, self.interval_start, self.excluded = 0.0, now, 0.0
     total = self.config.total_steps
     eta = (total - step) * self.config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
     skipped = f" | {record['train/nonfinite_steps']:.0f} non-finite steps skipped" if record["train/nonfinite_steps"] else ""
+    waited = record.get("train/input_wait_fraction")
+    waited = "" if waited is None else f" | input wait {100 * waited:.0f}%"
     self.writer.print(f"step {step}/{total} | loss {record['train/loss']:.4f} | acc {record['train/accuracy']:.3f} | "
-                      f"{clips_per_sec:.1f} clips/s | ETA {format_duration(eta) if eta == eta else '?'}{skipped}")
+                      f"{clips_per_sec:.1f} clips/s | ETA {format_duration(eta) if eta == eta else '?'}{waited}{skipped}")
     return record
 
 
@@ -265,8 +278,11 @@ def _train_loop(run, state, first_step):
   config, ckpt, writer = run.config, run.ckpt, run.writer
   progress, started, final = Progress(config, writer), time.time(), None
   for step in range(first_step + 1, config.total_steps + 1):
-    state, metrics = run.train_step(state, run.to_global(next(run.batches)))
-    progress.add(step, metrics)
+    waiting = time.perf_counter()
+    batch = run.to_global(next(run.batches))
+    waiting = time.perf_counter() - waiting
+    state, metrics = run.train_step(state, batch)
+    progress.add(step, metrics, waiting)
     last = step == config.total_steps
     preempted = run.preemption.reached(step)
     saving = preempted or last or (config.checkpoint_every and step % config.checkpoint_every == 0)
@@ -276,6 +292,7 @@ def _train_loop(run, state, first_step):
       progress.check_finite(ckpt)
     if logging_step:
       record = progress.log(step)
+    other_work = time.perf_counter()
     if last or (config.eval_every and step % config.eval_every == 0):
       results = run.run_eval(state["params"])
       record.update(results)
@@ -287,6 +304,7 @@ def _train_loop(run, state, first_step):
     writer.write(step, record)
     if saving:
       state_lib.save(ckpt, step, state, run.batches, record, force=preempted)
+    progress.exclude(time.perf_counter() - other_work)
     if preempted:
       checkpoints.wait(ckpt)
       raise Preempted(step, ckpt.directory)
