@@ -28,6 +28,7 @@ from jax import lax
 from xvit_jax import checkpoints, config_lib
 from xvit_jax.data import label_heads
 from xvit_jax.errors import UserError
+from xvit_jax.metric_writer import read_records
 
 FORMAT = "xvit_jax.export/1"
 WEIGHT_DTYPES = ("float32", "bfloat16")
@@ -94,16 +95,9 @@ def checkpoint_metrics(checkpoint_dir, step):
   mngr = checkpoints.manager(checkpoint_dir, create=False)
   metrics = dict(mngr.metrics(step) or {})
   mngr.close()
-  path = os.path.join(checkpoint_dir, "metrics.jsonl")
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short when the run was stopped
-          continue
-        if isinstance(record, dict) and record.get("step") == step:
-          metrics.update({k: v for k, v in record.items() if k.startswith("eval/")})
+  for record in read_records(checkpoint_dir):
+    if record["step"] == step:
+      metrics.update({k: v for k, v in record.items() if k.startswith("eval/")})
   return metrics
 
 

@@ -37,6 +37,25 @@ class MetricWriter:
       self.tb.close()
 
 
+def read_records(workdir):
+  """The records of workdir/metrics.jsonl in order ([] without the file), a line cut short when a run was
+  killed mid-write left out. A resumed run rewrites the steps after its checkpoint: later records of a step
+  come after earlier ones."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(record, dict) and "step" in record:
+        records.append(record)
+  return records
+
+
 def format_duration(seconds):
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)

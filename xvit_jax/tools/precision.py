@@ -20,6 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from xvit_jax.errors import UserError
+from xvit_jax.metric_writer import read_records
 from xvit_jax.tools import cli
 
 DTYPES = ("float32", "bfloat16")
@@ -48,11 +49,9 @@ def compare(config, workdir, *, last=5, loss_tolerance=0.1, top1_tolerance=0.02)
 
 def curves(workdir, last):
   """{"loss": [[step, loss]...], "top1": [[step, top1]...], "final_loss", "final_top1"} of one run."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = {}
-    for line in f:  # a resumed run rewrites the steps after its checkpoint: the last record of a step wins
-      record = json.loads(line)
-      records.setdefault(record["step"], {}).update(record)
+  records = {}
+  for record in read_records(workdir):  # a resumed run rewrites the steps after its checkpoint: the last wins
+    records.setdefault(record["step"], {}).update(record)
   steps = sorted(records)
   loss = [[s, records[s]["train/loss"]] for s in steps if "train/loss" in records[s]]
   top1 = [[s, records[s]["eval/top1"]] for s in steps if "eval/top1" in records[s]]
