@@ -21,12 +21,10 @@ def get(config, field):
 
 def find(config, field):
   """config["a.b.c"], or None where a part is missing (a config written before the field existed)."""
-  node = config
-  for part in field.split("."):
-    if part not in node:
-      return None
-    node = node[part]
-  return node
+  try:
+    return get(config, field)
+  except KeyError:
+    return None
 
 
 def put(config, field, value):
