@@ -1,4 +1,5 @@
-"""Joining the processes of a multi-host run (jax.distributed), before anything touches a device.
+"""Joining the processes of a multi-host run (jax.distributed), before anything touches a device; how many
+share a host.
 
 Every process runs the same command. On Cloud TPU VMs (pod slices, GKE) and in SLURM jobs JAX finds the
 coordinator, the process count and this process's index by itself. Elsewhere (GKE with GPUs, plain VMs,
@@ -11,8 +12,12 @@ $SLURM_LOCALID, so set JAX_LOCAL_DEVICE_IDS=0,1,...,7 (launch/slurm.sbatch does)
 import glob
 import importlib.util
 import os
+import socket
+import zlib
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from xvit_jax.errors import UserError
 
@@ -74,3 +79,12 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
     jax.distributed.initialize()
     return f"{cluster}: process {jax.process_index()} of {jax.process_count()}"
   return None
+
+
+def processes_on_this_host():
+  """How many of the run's JAX processes share this machine (by host name): a collective, every process
+  calls it."""
+  if jax.process_count() == 1:
+    return 1
+  hosts = multihost_utils.process_allgather(np.uint32(zlib.crc32(socket.gethostname().encode())))
+  return int(np.sum(hosts == hosts[jax.process_index()]))

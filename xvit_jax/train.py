@@ -2,10 +2,8 @@
 
 import dataclasses
 import signal
-import socket
 import threading
 import time
-import zlib
 from typing import Callable, Iterator
 
 import jax
@@ -17,7 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from xvit_jax import checkpoints, config_lib, evaluate, optim, sharding
+from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, sharding
 from xvit_jax import state as state_lib
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
@@ -180,20 +178,11 @@ def _counted_rows_not_groups(config, iterator, step, rows):
   return iterator.get_state().get("next_index", 0) > step * groups_per_batch
 
 
-def processes_on_this_host():
-  """How many of the run's JAX processes share this machine (by host name): a collective, every process
-  calls it."""
-  if jax.process_count() == 1:
-    return 1
-  hosts = multihost_utils.process_allgather(np.uint32(zlib.crc32(socket.gethostname().encode())))
-  return int(np.sum(hosts == hosts[jax.process_index()]))
-
-
 def data_workers(config, writer):
   """config.data.workers; for -1 this process's share of the CPUs (pipeline.auto_workers), printed."""
   if config.data.workers != -1:
     return config.data.workers
-  cpus, processes = pipeline.usable_cpus(), processes_on_this_host()
+  cpus, processes = pipeline.usable_cpus(), distributed.processes_on_this_host()
   workers = pipeline.auto_workers(cpus, processes)
   writer.print(f"data workers: {workers} (automatic, config.data.workers=-1: {cpus} usable CPU(s) shared by "
                f"{processes} JAX process(es) on this host, less one for the main process)")
