@@ -51,10 +51,12 @@ def test_nonfinite_skip_counts_the_steps_and_never_applies_them(tmp_path):
 
 
 def test_a_failed_checkpoint_write_stops_the_run_and_the_previous_checkpoint_survives(tmp_path, saved_at_2):
-  """A write that fails mid-checkpoint: files over 40 KiB are refused (EFBIG), as a full disk refuses them."""
+  """A write that fails mid-checkpoint: files over 16 KiB are refused (EFBIG), as a full disk refuses them. The
+  limit is under the size of the train state's _METADATA file (17 kB for the tiny model) so that every checkpoint
+  write fails: orbax's data files are split in varying ways (all under 40 KiB in some runs)."""
   kept = copy_of(saved_at_2, tmp_path)
 
-  limited = ["bash", "-c", 'ulimit -f 40 && exec "$@"', "bash"]  # 40 blocks of 1 KiB
+  limited = ["bash", "-c", 'ulimit -f 16 && exec "$@"', "bash"]  # 16 blocks of 1 KiB
   failed = run_main(tmp_path, "--config.total_steps=4", "--config.checkpoint_every=1", wrapper=limited)
   assert failed.returncode == 2
   [line] = [l for l in failed.stderr.splitlines() if l.startswith("error: ")]  # orbax's own log comes before it
@@ -68,6 +70,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_the_previous_checkpoint_sur
   assert "resumed from" in resumed and "/checkpoints/2 " in resumed
   assert not [name for name in os.listdir(tmp_path / "checkpoints") if "tmp" in name]  # the leftover is cleaned up
   assert saved_steps(tmp_path)[-1] == 4
+  assert (tmp_path / "checkpoints" / "4" / "train" / "_METADATA").stat().st_size > 16 * 1024  # the premise above
 
 
 def test_a_damaged_checkpoint_is_named_and_nothing_is_written(tmp_path):
