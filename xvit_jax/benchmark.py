@@ -1,27 +1,28 @@
 """Cost, speed, MFU and input throughput of the attention variants in one run: JSON (--out), markdown
 (stdout), plot (--plot). `python -m xvit_jax.benchmark --preset=full --dtype=bfloat16 --out=b.json`.
 Sections: cost (XLA-counted forward GFLOPs per clip), peak (a jitted square matmul), speed (train step and
-forward on random clips, ratio to spatial, MFU, memory), shift (the mixing's own time), input (one worker)."""
+forward on random clips, ratio to spatial, MFU, memory), shift (the mixing's own time), input (one worker).
+`--input_only [--config=configs/k400.py --config.data.data_dir=DIR]`: only one worker's input throughput on a
+prepared dataset (xvit_jax/input_benchmark.py), merged into --out's JSON as "input"."""
 
 import json
-import math
 import os
 import statistics
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
+from ml_collections import config_flags
 
-from xvit_jax import config_lib, optim, sharding, train
+from xvit_jax import config_lib, input_benchmark, optim, sharding, train
 from xvit_jax import state as state_lib
-from xvit_jax.data import sources
 from xvit_jax.flops import forward_flops
 from xvit_jax.models import create_model
+from xvit_jax.tools import cli
 
 VARIANTS = ("spatial", "xvit", "divided", "joint")
 PAPER_GFLOPS = {8: 2 * 425 / 3, 16: 2 * 850 / 3}  # the paper's GMACs over 1x3 views -> FLOPs per clip
@@ -153,47 +154,6 @@ def shift_share(config, steps):
           "share": (xvit - none) / xvit}
 
 
-def encoded_clip(frames=300, height=256, width=320):
-  """The bytes of an h264 mp4 (30 fps, written in a temporary folder): a noisy scene panning diagonally."""
-  import av  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng(0)
-  scene = 128 + rng.normal(0, 20, (2 * height, 2 * width, 3)) + np.linspace(-60, 60, 2 * width)[:, None]
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "clip.mp4")
-    with av.open(path, "w") as container:
-      stream = container.add_stream("h264", rate=30)
-      stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
-      for t in range(frames):
-        image = scene[t // 2:t // 2 + height, t:t + width] + rng.integers(-3, 4, (height, width, 3))
-        image = np.clip(image, 0, 255).astype(np.uint8)
-        container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-      container.mux(stream.encode())
-    with open(path, "rb") as f:
-      return f.read()
-
-
-def input_speed(preset, frames, clips, model_clips_per_s):
-  """Clips/s per worker of (a) the synthetic task and (b) an encoded 300-frame 320x256 h264 mp4 under the
-  Kinetics recipe (dense 16x16, multi-scale crop, flip, AutoAugment), and the workers the model needs."""
-  synthetic_cfg = make_config(preset, "xvit", frames)
-  kinetics = config_lib.import_file("../configs/k400.py", next_to=__file__).get_config(str(frames))
-  kinetics.model.image_size = synthetic_cfg.model.image_size
-  mp4 = {"video": encoded_clip(), "label": 0, "id": "clip.mp4"}
-  rates = {}
-  for name, config, record in (("synthetic", synthetic_cfg, sources.source(synthetic_cfg, "train").__getitem__),
-                               ("mp4_kinetics", kinetics, lambda i: mp4)):
-    clip_fn = sources.TrainClip(config)  # what a worker runs per clip: read, decode, sample, augment
-    clip_fn(record(0), np.random.default_rng(0))  # warm-up
-    start = time.perf_counter()
-    for i in range(1, clips + 1):
-      clip_fn(record(i), np.random.default_rng(i))
-    rates[name] = clips / (time.perf_counter() - start)
-  need = lambda rate: model_clips_per_s and max(1, math.ceil(model_clips_per_s / rate))
-  return {"frames": frames, "image_size": synthetic_cfg.model.image_size, "model_train_clips_per_s": model_clips_per_s,
-          "sources": [{"source": name, "clips_per_s": rate, "keeps_up": model_clips_per_s and need(rate) == 1,
-                       "workers_needed": need(rate)} for name, rate in rates.items()]}
-
-
 def official_comparison(preset, steps):
   """Inference of one clip (8 frames, batch 1, the TA head) by the official PyTorch forward in float32
   (convert/official_torch.py, same weights) against ours in float32 and bfloat16, taking turns; None
@@ -248,7 +208,8 @@ def run(preset="quick", dtype="float32", variants=VARIANTS, steps=None, batch=No
                       for t in p["speed_frames"]]
   frames = p["input_frames"]  # the input is compared with xvit's train step at these frames (or the last measured)
   model = next((s for s in ok if s["variant"] == "xvit" and s["frames"] == frames), ok[-1] if ok else None)
-  results["input"] = input_speed(preset, frames, p["input_clips"], model and model["train_clips_per_s"])
+  results["input"] = input_benchmark.input_speed(make_config(preset, "xvit", frames), p["input_clips"],
+                                                 model and model["train_clips_per_s"])
   results["input"]["model"] = model and f"{model['variant']}, {model['frames']} frames, batch {model['batch']}"
   results["official"] = official_comparison(preset, steps)
   return results
@@ -339,12 +300,25 @@ def plot(r, path):
   plt.close(fig)
 
 
-def main(argv):
-  logging.set_verbosity(logging.WARNING)
+def input_only(f):
+  """--input_only: one worker's input on --config's prepared dataset (or one it prepares), its line printed
+  and its record merged into --out as "input"."""
+  record = input_benchmark.run(f.config, records=f.input_records, passes=f.input_passes)
+  print(input_benchmark.line(record))
+  results = {}
+  if f.out and os.path.exists(f.out):
+    with open(f.out) as existing:
+      results = json.load(existing)
+  return {**results, "input": record}
+
+
+def main():
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if f.official_only:
+  if f.config is not None and not f.input_only:
+    raise app.UsageError("--config is for --input_only (the other sections measure their own models)")
+  if f.input_only:
+    results = input_only(f)
+  elif f.official_only:
     results = {"peak": {d: matmul_peak(d, f.matmul_size) for d in ("float32", "bfloat16")},
                "official": official_comparison(f.preset, f.steps or PRESETS[f.preset]["steps"])}
     if results["official"] is None:
@@ -356,7 +330,7 @@ def main(argv):
   if f.out:
     with open(f.out, "w") as out:
       json.dump(results, out, indent=1)
-  if f.plot:
+  if f.plot and not f.input_only:
     plot(results, f.plot)
 
 
@@ -370,6 +344,12 @@ if __name__ == "__main__":
   flags.DEFINE_integer("matmul_size", None, "side of the peak matmul; default 2048 on CPU, 8192 on accelerators")
   flags.DEFINE_bool("official_only", False, "only the comparison with the official PyTorch forward (needs torch), "
                     "with the float32 and bfloat16 matmul peaks")
-  flags.DEFINE_string("out", None, "write the results here as JSON")
+  flags.DEFINE_bool("input_only", False, "only one data worker's input throughput (train clips/s, eval videos/s) "
+                    "on --config's prepared dataset, or without --config on a small one it prepares")
+  config_flags.DEFINE_config_file("config", None, "--input_only: the experiment config whose input to measure")
+  flags.DEFINE_integer("input_records", None, "--input_only: records per pass (default 8; 4 without --config)",
+                       lower_bound=1)
+  flags.DEFINE_integer("input_passes", 5, "--input_only: timed passes (the median is reported)", lower_bound=1)
+  flags.DEFINE_string("out", None, "write the results here as JSON (--input_only: merged into an existing file)")
   flags.DEFINE_string("plot", None, "write the plot here (PNG)")
-  app.run(main)
+  cli.run(main)
