@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import grey, grey_frames, grey_video, prepare, train_smoke, write_csv, write_video
-from xvit_jax.data import video
+from xvit_jax.data import sources, video
 from xvit_jax.data.builders import common
 
 
@@ -34,7 +34,7 @@ def read(tmp, name):
   sources = tfds.data_source(name, data_dir=str(tmp / "data"))
   records = {split: {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
              for split, source in sources.items()}
-  folder = tmp / "data" / name / "1.0.0"
+  folder = tmp / "data" / name / "2.0.0"
   assert any(f.name.startswith(f"{name}-train.array_record") for f in folder.iterdir())
   lines = (folder / "bad_examples.tsv").read_text().splitlines()
   assert lines[0] == "id\tsplit\treason\tdetail"
@@ -43,7 +43,7 @@ def read(tmp, name):
 
 
 def check_video(record, num, height=48, width=64):
-  frames = video.decode(record["video"])
+  frames = sources.stored_frames(record)[np.arange(record["num_frames"])]  # JPEG frames, every one decoded
   assert frames.shape == (num, height, width, 3) and record["num_frames"] == num
   return frames
 
@@ -92,7 +92,7 @@ def test_kinetics400_flat_and_per_class_layouts_with_bad_examples_and_resume(tmp
   assert report["iii_000000_000010"][0] == "validation" and "skydiving" in report["iii_000000_000010"][2]
   assert "cannot decode video" in report["ddd_000000_000010"][2]
 
-  shutil.rmtree(tmp_path / "data" / "kinetics400" / "1.0.0")  # as if the run stopped before writing
+  shutil.rmtree(tmp_path / "data" / "kinetics400" / "2.0.0")  # as if the run stopped before writing
   output, second = prepare(tmp_path, "kinetics400")
   assert "kinetics400 train: 5 videos, 5 already done" in output and "0 to encode" in output
   assert "kinetics400: skipped 9 of 14 examples" in output
@@ -200,7 +200,7 @@ def test_a_manual_folder_without_annotations_is_a_one_line_error(tmp_path, name)
   write_csv(tmp_path / "manual" / "readme.csv", ["not the dataset"], [])
   error = prepare(tmp_path, name, returncode=2)[0]
   assert error.startswith("error: no ") and error.count("\n") == 1, error
-  assert not (tmp_path / "data" / name / "1.0.0").exists()
+  assert not (tmp_path / "data" / name / "2.0.0").exists()
 
 
 def crash(*_):
@@ -213,7 +213,7 @@ def test_a_dying_worker_fails_only_its_video_and_is_retried_by_the_next_run(tmp_
   tasks = [("a", common.load_video, (good,)), ("crash", crash, ()), ("b", common.load_video, (good,))]
   results = work.run(tasks, workers=2, name="test")
   assert results["a"] == results["b"] == (12, "") and results["crash"][1].startswith("worker process died")
-  assert video.decode(work.read("a")).shape == (12, 48, 64, 3)
+  assert video.JpegFrames(*work.read("a"), name="a")[np.arange(12)].shape == (12, 48, 64, 3)
   assert set(common.WorkDir(tmp_path / "work").done) == {"a", "b"}  # the crash is not cached
 
 

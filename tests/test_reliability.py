@@ -112,3 +112,15 @@ def test_a_second_run_on_the_same_workdir_refuses_naming_the_first(tmp_path):
     first.wait()
   # the lock goes with its process, even after SIGKILL: the next run starts
   train_main(tmp_path, "--config.total_steps=2")
+
+
+def test_a_resumed_run_writes_its_metrics_after_a_line_cut_short_by_a_kill(tmp_path):
+  from xvit_jax import metric_writer  # pylint: disable=import-outside-toplevel
+  (tmp_path / "metrics.jsonl").write_text('{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write(3, {"train/loss": 1.25})
+  writer.close()
+  assert metric_writer.read_records(str(tmp_path)) == [{"step": 2, "train/loss": 1.5}, {"step": 3, "train/loss": 1.25}]
+  writer = metric_writer.MetricWriter(str(tmp_path))  # a file that ends a line: nothing added
+  writer.close()
+  assert (tmp_path / "metrics.jsonl").read_text().endswith('"train/loss": 1.25}\n')

@@ -227,3 +227,75 @@ def test_video_module_does_not_import_jax(repo):
   import sys
   code = "import sys, xvit_jax.data.video; assert not any(m.split('.')[0] in ('jax', 'flax') for m in sys.modules)"
   subprocess.run([sys.executable, "-c", code], cwd=repo, check=True)
+
+
+# --- the stored format (2.0.0): JPEG frames, decoded only when sampled -----------------------------------
+
+def stored(frames):
+  from xvit_jax.data.builders import common  # pylint: disable=import-outside-toplevel
+  data, ends = common.encode(iter(frames))
+  return video.JpegFrames(data, ends, "clip"), data, ends
+
+
+def test_jpeg_frames_decode_only_the_frames_indexed_and_name_a_damaged_one():
+  levels = np.arange(12) * 20 + 10
+  frames, data, ends = stored(np.broadcast_to(levels[:, None, None, None], (12, 48, 64, 3)).astype(np.uint8))
+  picked = frames[np.array([3, 0, 3, 11])]
+  assert picked.shape == (4, 48, 64, 3) and picked.dtype == np.uint8
+  np.testing.assert_allclose(picked.mean(axis=(1, 2, 3)), levels[[3, 0, 3, 11]], atol=1)
+  damaged = bytearray(data)
+  start = int(ends[4])
+  damaged[start:int(ends[5])] = b"\0" * (int(ends[5]) - start)  # frame 5 is no JPEG now
+  intact = frames[np.array([0, 4, 6, 11])]
+  frames = video.JpegFrames(bytes(damaged), ends, "clip_7")
+  np.testing.assert_array_equal(frames[np.array([0, 4, 6, 11])], intact)  # the other frames still read
+  with pytest.raises(UserError, match=r"^cannot decode video clip_7: frame 5: "):
+    frames[np.array([2, 5])]
+
+
+def test_jpeg_frames_refuse_a_forged_size_and_offsets_that_do_not_cut_the_bytes():
+  frames, data, ends = stored(np.full((3, 16, 16, 3), 100, np.uint8))
+  sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+  forged = bytearray(data[:ends[0]])
+  forged[sof + 5:sof + 9] = (9000).to_bytes(2, "big") + (9000).to_bytes(2, "big")
+  with pytest.raises(UserError, match=r"^cannot decode video big: frame 0: it claims 9000x9000 pixels, over the limit"):
+    video.JpegFrames(bytes(forged), [len(forged)], "big")[np.array([0])]
+  with pytest.raises(UserError, match=r"^cannot decode video cut: its frame offsets do not cut its "):
+    video.JpegFrames(data, ends[:-1], "cut")
+
+
+def test_preparation_streams_a_long_high_resolution_video_in_bounded_memory():
+  """A 1080p source of 40 frames (250 MB decoded) is stored with at most a few frames in memory at once."""
+  import tracemalloc  # pylint: disable=import-outside-toplevel
+  from xvit_jax.data.builders import common  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  tile = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+  made = []
+
+  def source():
+    for t in range(40):
+      made.append(t)
+      yield np.roll(tile, 8 * t, axis=1)
+
+  tracemalloc.start()
+  try:
+    data, ends = common.encode(source())
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert len(ends) == 40 and made == list(range(40))
+  assert video.JpegFrames(data, ends, "hd")[np.array([39])].shape == (1, 256, 454, 3)
+  assert peak < 5 * tile.nbytes + len(data)  # all 40 frames would be 40 x 6.2 MB
+
+
+@pytest.mark.parametrize("shape, size, crop", [((3, 30, 41, 3), 17, (2, 3, 12, 15)), ((2, 41, 30, 3), 20, (5, 0, 20, 9)),
+                                               ((2, 24, 32, 3), 24, (4, 6, 16, 16)), ((2, 20, 26, 3), 33, (0, 9, 33, 33))])
+def test_a_cropped_resize_of_mapped_pixels_equals_the_whole_resize_cropped_bit_for_bit(shape, size, crop):
+  frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  top, left, h, w = crop
+  whole = video.resize_short_side(video.normalize(frames), size)[:, top:top + h, left:left + w]
+  part = video.resize_short_side(frames, size, crop=crop, pointwise=video.normalize)
+  assert part.dtype == np.float32 and part.shape == (shape[0], h, w, 3)
+  np.testing.assert_array_equal(part, whole)
+  np.testing.assert_array_equal(video.resize_short_side(frames, size, crop=crop),
+                                video.resize_short_side(frames.astype(np.float32), size)[:, top:top + h, left:left + w])

@@ -1,11 +1,17 @@
 """Real encoded videos through the train and eval pipelines: decode, sample, augment, views, fusion."""
 
+import io
+import os
+
+import av
 import numpy as np
+from absl import flags
 from flax import nnx
 
-from conftest import mp4_bytes, tiny_config
+from conftest import mp4_bytes, tiny_config, write_video
 from xvit_jax import evaluate, sharding
-from xvit_jax.data import label_heads, pipeline, sources
+from xvit_jax.data import label_heads, pipeline, sources, video
+from xvit_jax.data.builders import common
 from xvit_jax.models import create_model
 
 
@@ -114,3 +120,69 @@ def test_epic_style_verb_and_noun_heads():
     return int((scores > scores[r["verb"] * 3 + r["noun"]]).sum())
   assert abs(results["eval/top5"] - np.mean([joint_rank(r) < 5 for r in good])) < 1e-6
   assert results["eval/skipped"] == 1
+
+
+def jpeg_and_lossless_mp4(frames, name):
+  """The same video as a prepared record of today's format (JPEG frames) and of the 1.0.0 format (an mp4),
+  the mp4 lossless (RGB h264 at qp 0) from the JPEGs' decoded frames: both hold the same pixels."""
+  data, ends = common.encode(iter(frames))
+  decoded = video.JpegFrames(data, ends, name)[np.arange(len(ends))]
+  buffer = io.BytesIO()
+  with av.open(buffer, "w", format="mp4") as container:
+    stream = container.add_stream("libx264rgb", rate=25, options={"qp": "0"})
+    stream.height, stream.width, stream.pix_fmt = decoded.shape[1], decoded.shape[2], "rgb24"
+    for image in decoded:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+    container.mux(stream.encode())
+  np.testing.assert_array_equal(video.decode(buffer.getvalue()), decoded)  # the premise: lossless
+  new = {"frames": data, "frame_ends": ends, "label": 1, "id": name, "num_frames": len(ends)}
+  old = {"video": buffer.getvalue(), "label": 1, "id": name, "num_frames": len(ends)}
+  return new, old
+
+
+def test_jpeg_frames_give_the_clips_and_views_of_decoding_the_whole_video():
+  """Today's records decode only the sampled frames; the clips and views are those of the 1.0.0 path, which
+  decodes every frame, bit for bit: Kinetics (dense, multi-scale crop, AutoAugment) and SSv2 (segments,
+  short-side jitter, 2 x 3 views) alike."""
+  frames = np.random.default_rng(3).integers(0, 256, (30, 40, 56, 3), dtype=np.uint8)
+  new, old = jpeg_and_lossless_mp4(frames, "v0")
+  kinetics, ssv2 = video_config(), video_config()
+  ssv2.data.sampling, ssv2.augment.multiscale_crop, ssv2.augment.random_erasing = "segment", False, 0.5
+  ssv2.eval.sampling, ssv2.eval.temporal_views = "segment", 2
+  for cfg in (kinetics, ssv2):
+    clip = sources.TrainClip(cfg)
+    for seed in range(4):
+      a, b = clip(new, np.random.default_rng(seed)), clip(old, np.random.default_rng(seed))
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    views = sources.EvalViews(cfg)
+    np.testing.assert_array_equal(views(new)["video"], views(old)["video"])
+  damaged = dict(new, frames=new["frames"][:int(new["frame_ends"][0])] + b"\0" * (len(new["frames"]) - int(new["frame_ends"][0])))
+  assert sources.TrainClip(kinetics)(damaged, np.random.default_rng(0)) is None  # frames 1.. are no JPEGs
+  assert sources.EvalViews(kinetics)(damaged)["bad"] == 1
+
+
+class ViewsWithPid(sources.EvalViews):
+  """EvalViews that also say which process cut them."""
+
+  def __call__(self, record):
+    return {**super().__call__(record), "pid": np.int64(os.getpid())}
+
+  def blank(self, bad=False):
+    return {**super().blank(bad), "pid": np.int64(os.getpid())}
+
+
+def test_evaluation_workers_make_the_same_batches_in_other_processes():
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read its absl flags, as under main
+  cfg, source = video_config(), records() + [two_frames()] + records()
+  views = ViewsWithPid(cfg)
+  alone = list(pipeline.eval_dataset(source, global_batch=4, views_fn=views))
+  workers = list(pipeline.eval_dataset(source, global_batch=4, views_fn=views, workers=2))
+  assert len(workers) == len(alone) == 4
+  for a, b in zip(alone, workers):
+    assert a.keys() == b.keys()
+    for key in set(a) - {"pid"}:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert {int(p) for a in alone for p in a["pid"]} == {os.getpid()}
+  assert len({int(p) for b in workers for p in b["pid"]} - {os.getpid()}) == 2  # two workers, neither this one

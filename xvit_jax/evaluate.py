@@ -93,14 +93,16 @@ def check_config(config):
     fields.fail("eval.stride", e.stride, "a positive integer")
 
 
-def make_evaluator(config, graphdef, mesh, rows):
+def make_evaluator(config, graphdef, mesh, rows, workers=0):
   """params -> evaluate(...) over config.data's eval split, each video cut into the views config.eval
-  describes (sources.EvalViews); this process reads `rows` of each global batch of config.batch_size."""
+  describes (sources.EvalViews) by `workers` grain worker processes (0: this process); this process reads
+  `rows` of each global batch of config.batch_size."""
   eval_step = make_eval_step(graphdef, data.label_heads(config))
   source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
   to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
   return lambda params: evaluate(
-      eval_step, params, pipeline.eval_dataset(source, global_batch=config.batch_size, views_fn=views_fn, rows=rows),
+      eval_step, params, pipeline.eval_dataset(source, global_batch=config.batch_size, views_fn=views_fn, rows=rows,
+                                             workers=workers),
       to_global)
 
 

@@ -14,7 +14,10 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      self.jsonl = open(path, "a")
+      if _ends_mid_line(path):  # a run killed mid-write: its cut-short line must not swallow our first record
+        self.jsonl.write("\n")
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, metrics):
@@ -35,6 +38,15 @@ class MetricWriter:
     if self.active:
       self.jsonl.close()
       self.tb.close()
+
+
+def _ends_mid_line(path):
+  with open(path, "rb") as f:
+    f.seek(0, os.SEEK_END)
+    if not f.tell():
+      return False
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"
 
 
 def read_records(workdir):

@@ -322,7 +322,7 @@ def _train_or_evaluate(config, workdir, mode, derived):
   writer = MetricWriter(workdir)
   preemption = PreemptionNotice() if mode == "train" else None
   try:
-    workers = data_workers(config, writer) if mode == "train" else 0
+    workers = data_workers(config, writer)
     make_batches = lambda seed: iter(pipeline.train_dataset(
         sources.source(config, "train"), global_batch=config.batch_size, rows=rows, seed=seed,
         clip_fn=sources.TrainClip(config), workers=workers, mixup=config.augment.mixup,
@@ -332,7 +332,7 @@ def _train_or_evaluate(config, workdir, mode, derived):
     first_step = int(state["step"])
     if mode == "train" and first_step and not data_restored:
       train_batches = make_batches(config.seed + first_step)
-    run_eval = evaluate.make_evaluator(config, graphdef, mesh, rows)
+    run_eval = evaluate.make_evaluator(config, graphdef, mesh, rows, workers)
 
     if mode == "evaluate":
       results = run_eval(state["params"])

@@ -116,18 +116,29 @@ def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0, 
   return ds.batch(per_batch // group, drop_remainder=True, batch_fn=_stack)
 
 
-def eval_dataset(source, *, global_batch, views_fn, rows=None):
+class _EvalExample:
+  """Index in this process's stream of videos -> the views of the video at that global position (padding
+  past the end of the split)."""
+
+  def __init__(self, source, views_fn, global_batch, rows):
+    self.source, self.views_fn, self.global_batch, self.rows = source, views_fn, global_batch, rows
+
+  def __call__(self, index):
+    position = _global_position(index, self.global_batch, self.rows)
+    if position >= len(self.source):
+      return self.views_fn.blank()
+    return {"bad": np.float32(0), **self.views_fn(self.source[position])}
+
+
+def eval_dataset(source, *, global_batch, views_fn, rows=None, workers=0):
   """One pass over every video, this process's `rows` of each global batch: `views_fn(record)` gives a
-  video's views; `views_fn.blank()` pads."""
+  video's views; `views_fn.blank()` pads. With `workers` grain worker processes make the batches (worker k
+  every k-th batch, in order): the same batches as without."""
   rows = rows or (0, global_batch)
   padded_len = math.ceil(len(source) / global_batch) * global_batch
-
-  def example(index):
-    if index >= len(source):
-      return views_fn.blank()
-    return {"bad": np.float32(0), **views_fn(source[index])}
-
   per_batch = rows[1] - rows[0]
-  positions = lambda i: _global_position(i, global_batch, rows)
-  ds = grain.MapDataset.range(padded_len // global_batch * per_batch).map(positions).map(example)
-  return ds.batch(per_batch)
+  ds = grain.MapDataset.range(padded_len // global_batch * per_batch).map(
+      _EvalExample(source, views_fn, global_batch, rows)).batch(per_batch)
+  if workers:
+    ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return ds

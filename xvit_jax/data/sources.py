@@ -1,8 +1,10 @@
 """Where clips come from: the built-in synthetic task or a dataset prepared by `xvit_jax.data.prepare`,
 and how one record becomes model input (train: decode, sample, augment; eval: the official views).
 
-Records of prepared datasets (tfds.data_source) hold {"video": encoded bytes, "label": int, "id": str,
-"num_frames": int}. A record that cannot be decoded, or has fewer than 3 frames (as the official loaders
+Records of prepared datasets (tfds.data_source) hold {"frames": JPEG files one after another, "frame_ends":
+int64 (num_frames,), "label": int, "id": str, "num_frames": int} (format 2.0.0: only the sampled frames are
+decoded) or, prepared before 2026-12 (format 1.0.0), {"video": h264 mp4 bytes, ...}, still read by decoding
+the whole video. A record that cannot be decoded, or has fewer than 3 frames (as the official loaders
 skip such videos), is replaced in training by the next readable record of the shuffled order (with a
 warning, counted in `train/bad_records`: see pipeline.py) and counted in evaluation (`eval/skipped`), never
 a crash; predict refuses it in one line. The synthetic task has no unreadable records.
@@ -49,14 +51,21 @@ def read(path_or_bytes, *, name=None):
   return frames
 
 
-def _decode(record):
+def stored_frames(record):
+  """The frames of a prepared record, indexable by an array of frame indices: video.JpegFrames (format 2.0.0,
+  decoding only the frames indexed) or the whole decoded video (format 1.0.0). UserError naming the record
+  if it is unreadable or has fewer than video.MIN_FRAMES frames; a JPEG frame that is damaged raises when read."""
   name = record.get("id", b"?")
   name = name.decode() if isinstance(name, bytes) else str(name)
-  try:
+  if "frames" not in record:
     return read(record["video"], name=name)
-  except UserError as e:
-    logging.warning("unreadable record: %s", e)
-    return None
+  frames = video.JpegFrames(record["frames"], record["frame_ends"], name)
+  video.check_readable(len(frames), name)
+  return frames
+
+
+def _unreadable(e):
+  logging.warning("unreadable record: %s", e)
 
 
 class TrainClip:
@@ -75,14 +84,16 @@ class TrainClip:
     if self.synthetic:
       return {"video": video.normalize(record["video"]), "label": np.int32(record["label"])}
     from xvit_jax.data import transforms  # pylint: disable=import-outside-toplevel
-    frames = _decode(record)
-    if frames is None:
-      return None
-    if self.sampling == "dense":
-      index = video.dense_random_indices(len(frames), self.num_frames, self.stride, rng)
-    else:
-      index = video.segment_random_indices(len(frames), self.num_frames, rng)
-    clip = transforms.augment_clip(frames[index], rng, image_size=self.image_size, **self.augment)
+    try:
+      frames = stored_frames(record)
+      if self.sampling == "dense":
+        index = video.dense_random_indices(len(frames), self.num_frames, self.stride, rng)
+      else:
+        index = video.segment_random_indices(len(frames), self.num_frames, rng)
+      sampled = frames[index]
+    except UserError as e:
+      return _unreadable(e)
+    clip = transforms.augment_clip(sampled, rng, image_size=self.image_size, **self.augment)
     return {"video": clip.astype(np.float32), "label": _labels(record, self.fields)}
 
 
@@ -102,13 +113,15 @@ class EvalViews:
   def __call__(self, record):
     if self.synthetic:
       return {"video": video.normalize(record["video"])[None], "label": np.int32(record["label"]), "mask": np.float32(1)}
-    frames = _decode(record)
-    if frames is None:
+    try:
+      views = self.of_frames(stored_frames(record))
+    except UserError as e:
+      _unreadable(e)
       return self.blank(bad=True)
-    return {"video": self.of_frames(frames), "label": _labels(record, self.fields), "mask": np.float32(1)}
+    return {"video": views, "label": _labels(record, self.fields), "mask": np.float32(1)}
 
   def of_frames(self, frames):
-    """(views, T, S, S, 3) float32 in [-1, 1] of decoded frames (N, H, W, 3) uint8."""
+    """(views, T, S, S, 3) float32 in [-1, 1] of decoded frames (N, H, W, 3) uint8 (or video.JpegFrames)."""
     return video.eval_views(frames, **self.kwargs)
 
   def of_file(self, path):

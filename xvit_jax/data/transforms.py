@@ -74,13 +74,13 @@ def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320)):
   randint(0, L - size) with the upper bound excluded, 0 when L == size. Returns uint8.
   """
   low, high = short_side_range
-  frames = video.resize_short_side(frames, int(round(rng.uniform(low, high))))
-  height, width = frames.shape[1:3]
+  length = int(round(rng.uniform(low, high)))
+  height, width = video.short_side_shape(*frames.shape[1:3], length)
   if min(height, width) < size:
     raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
   y = int(rng.integers(0, height - size)) if height > size else 0
   x = int(rng.integers(0, width - size)) if width > size else 0
-  crop = frames[:, y:y + size, x:x + size]
+  crop = video.resize_short_side(frames, length, crop=(y, x, size, size))  # only the crop is computed
   return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
 
 

@@ -11,6 +11,7 @@ import os
 
 import av
 import numpy as np
+import simplejpeg
 
 from xvit_jax.errors import UserError
 
@@ -36,6 +37,62 @@ def check_stream(stream, fail):
   return width, height, claimed
 
 
+def _source(path_or_bytes, name):
+  """(what av.open reads, the label errors name) of a path (str or os.PathLike) or an encoded file (bytes)."""
+  if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+    return io.BytesIO(bytes(path_or_bytes)), name or f"<{len(path_or_bytes)} bytes>"
+  return os.fspath(path_or_bytes), name or os.fspath(path_or_bytes)
+
+
+def _failure(label):
+  return lambda reason: UserError(f"cannot decode video {label}: {' '.join(str(reason).split())}")
+
+
+def iter_frames(path_or_bytes, *, name=None, size=None, max_bytes=None):
+  """The frames of the first video stream as RGB uint8 (H, W, 3), one at a time: memory for one frame,
+  whatever the video's length or resolution (dataset preparation streams through this).
+
+  size: (height, width) to resize every frame to (FFmpeg's area filter, from the decoded picture, so a
+  1080p source never exists as full-size RGB); None keeps the size. max_bytes: a budget for all the frames
+  together (checked against the header's claim before the first frame, then as frames come). Failures as
+  `decode`, raised when met; a frame size that changes within the video is one.
+  """
+  source, label = _source(path_or_bytes, name)
+  fail = _failure(label)
+  try:
+    with av.open(source, mode="r") as container:
+      streams = container.streams.video
+      if not streams:
+        raise fail("no video stream")
+      width, height, claimed = check_stream(streams[0], fail)
+      if max_bytes is not None and claimed * width * height * 3 > max_bytes:
+        raise _over_budget(fail, claimed, width, height, max_bytes)
+      streams[0].thread_type = "AUTO"
+      shape, count = None, 0
+      for frame in container.decode(streams[0]):
+        if frame.width * frame.height > MAX_FRAME_PIXELS:
+          raise fail(f"a frame of {frame.width}x{frame.height} pixels is over the limit of {MAX_FRAME_PIXELS:,}")
+        if shape is not None and (frame.height, frame.width) != shape:
+          raise fail(f"frame size changes within the video [{shape}, {(frame.height, frame.width)}]")
+        shape, count = (frame.height, frame.width), count + 1
+        if count > MAX_FRAMES:
+          raise fail(f"it has more than {MAX_FRAMES:,} frames")
+        if max_bytes is not None and count * frame.width * frame.height * 3 > max_bytes:
+          raise _over_budget(fail, count, frame.width, frame.height, max_bytes)
+        if size is None:
+          yield frame.to_ndarray(format="rgb24")
+        else:
+          yield frame.to_ndarray(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+      if not count:
+        raise fail("no frames decoded")
+  except UserError:
+    raise
+  except av.FFmpegError as e:
+    raise fail(e.strerror or e) from None
+  except (OSError, EOFError, ValueError) as e:  # raised by Python file objects and numpy conversion
+    raise fail(getattr(e, "strerror", None) or e) from None
+
+
 def decode(path_or_bytes, *, name=None):
   """All frames of the first video stream as RGB uint8 (N, H, W, 3).
 
@@ -46,46 +103,61 @@ def decode(path_or_bytes, *, name=None):
   the memory is taken. A file cut short after its first frames can decode to fewer frames without error
   (the container cannot always tell); that is not detected here.
   """
-  if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-    source, label = io.BytesIO(bytes(path_or_bytes)), name or f"<{len(path_or_bytes)} bytes>"
-  else:
-    source, label = os.fspath(path_or_bytes), name or os.fspath(path_or_bytes)
+  return np.stack(list(iter_frames(path_or_bytes, name=name, max_bytes=MAX_DECODED_BYTES)))
 
-  def fail(reason):
-    return UserError(f"cannot decode video {label}: {' '.join(str(reason).split())}")
 
-  def over_budget(frames, width, height):
-    return fail(f"{frames:,} frames of {width}x{height} pixels take {frames * width * height * 3 / 2**30:.3g} GiB "
-                f"decoded, over the limit of {MAX_DECODED_BYTES / 2**30:.3g} GiB for a whole video")
+def _over_budget(fail, frames, width, height, max_bytes):
+  return fail(f"{frames:,} frames of {width}x{height} pixels take {frames * width * height * 3 / 2**30:.3g} GiB "
+              f"decoded, over the limit of {max_bytes / 2**30:.3g} GiB for a whole video")
 
-  try:
-    with av.open(source, mode="r") as container:
-      streams = container.streams.video
-      frames = []
-      if streams:
-        width, height, claimed = check_stream(streams[0], fail)
-        if claimed * width * height * 3 > MAX_DECODED_BYTES:
-          raise over_budget(claimed, width, height)
-        streams[0].thread_type = "AUTO"
-        used = 0
-        for frame in container.decode(streams[0]):
-          used += frame.width * frame.height * 3
-          if frame.width * frame.height > MAX_FRAME_PIXELS or used > MAX_DECODED_BYTES:
-            raise over_budget(len(frames) + 1, frame.width, frame.height)
-          frames.append(frame.to_ndarray(format="rgb24"))
-  except UserError:
-    raise
-  except av.FFmpegError as e:
-    raise fail(e.strerror or e) from None
-  except (OSError, EOFError, ValueError) as e:  # raised by Python file objects and numpy conversion
-    raise fail(getattr(e, "strerror", None) or e) from None
-  if not streams:
-    raise fail("no video stream")
-  if not frames:
-    raise fail("no frames decoded")
-  if len({f.shape for f in frames}) > 1:
-    raise fail(f"frame size changes within the video {sorted({f.shape[:2] for f in frames})}")
-  return np.stack(frames)
+
+class JpegFrames:
+  """The frames of a video stored as JPEG images (the prepared datasets' format since 2.0.0), decoded only
+  when indexed: `frames[indices]` -> uint8 (len(indices), H, W, 3), each distinct frame decoded once.
+
+  data: the JPEG files one after another; ends: where each ends in `data` (int, (N,)). A frame that is not
+  a readable JPEG, claims more than MAX_FRAME_PIXELS, or differs in size from the others raises UserError
+  naming the video `name` and the frame, when it is read.
+  """
+
+  def __init__(self, data, ends, name):
+    self.data, self.ends, self.name = memoryview(data), np.asarray(ends, np.int64), name
+    if self.ends.ndim != 1 or np.any(np.diff(self.ends) <= 0) or (len(self.ends) and (
+        self.ends[0] <= 0 or self.ends[-1] != len(self.data))):
+      raise UserError(f"cannot decode video {name}: its frame offsets do not cut its {len(self.data):,} bytes")
+
+  def __len__(self):
+    return len(self.ends)
+
+  def _jpeg(self, i):
+    start = int(self.ends[i - 1]) if i else 0
+    return self.data[start:int(self.ends[i])]
+
+  def _fail(self, i, reason):
+    return UserError(f"cannot decode video {self.name}: frame {i}: {' '.join(str(reason).split())}")
+
+  def __getitem__(self, indices):
+    indices = np.asarray(indices, np.int64)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    shape = None
+    for i in unique:  # every header first: a forged size is refused before memory is taken
+      try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(self._jpeg(int(i)))
+      except ValueError as e:
+        raise self._fail(int(i), e) from None
+      if height * width > MAX_FRAME_PIXELS:
+        raise self._fail(int(i), f"it claims {width}x{height} pixels, over the limit of {MAX_FRAME_PIXELS:,}")
+      if shape not in (None, (height, width)):
+        raise UserError(f"cannot decode video {self.name}: frame size changes within the video "
+                        f"[{shape}, {(height, width)}]")
+      shape = (height, width)
+    out = np.empty((len(unique), *shape, 3), np.uint8)
+    for k, i in enumerate(unique):
+      try:
+        simplejpeg.decode_jpeg(self._jpeg(int(i)), colorspace="RGB", buffer=out[k])
+      except ValueError as e:
+        raise self._fail(int(i), e) from None
+    return out[inverse.reshape(indices.shape)]
 
 
 MIN_FRAMES = 3  # a video with fewer frames is unreadable: the official loaders skip it (reference 5.2)
@@ -154,7 +226,16 @@ def _linear_taps(n_in, n_out):
   return i0, i1, np.float32(1) - w1, w1
 
 
-def resize_short_side(frames, size):
+def short_side_shape(height, width, size):
+  """(height, width) after `resize_short_side` to `size`."""
+  if min(height, width) == size:
+    return height, width
+  if width < height:
+    return int(math.floor(float(height) / width * size)), size
+  return size, int(math.floor(float(width) / height * size))
+
+
+def resize_short_side(frames, size, *, crop=None, pointwise=None):
   """Resize (T, H, W, C) so the short side is `size`: float32, as the official test resize (ref. 5.2).
 
   That is SlowFast's `random_short_side_scale_jitter` with min = max = size: frames whose short side
@@ -164,19 +245,26 @@ def resize_short_side(frames, size):
   coordinate (dst + 0.5) * in / out - 0.5 clamped at 0, two taps, NO antialiasing (reference 8.1
   item 11). Separable: along W, then the rows are blended along H, the order of torch's CPU kernel.
   Portrait frames (H > W) keep W = size; square frames count as landscape.
+
+  crop: (top, left, height, width) of the resized frames to return, computed alone (each output pixel
+  is the same float32 arithmetic as in the whole resize, so the result equals resizing then cropping,
+  bit for bit). pointwise: an elementwise map to float32 (e.g. `normalize`) applied to the source pixels;
+  it runs after the taps are gathered, on only the pixels used (equal to mapping the frames first).
   """
-  frames = np.asarray(frames, np.float32)
+  frames = np.asarray(frames)
+  pointwise = pointwise or (lambda x: np.asarray(x, np.float32))
   height, width = frames.shape[1:3]
-  if min(height, width) == size:
-    return frames
-  if width < height:
-    new_h, new_w = int(math.floor(float(height) / width * size)), size
-  else:
-    new_h, new_w = size, int(math.floor(float(width) / height * size))
-  i0, i1, w0, w1 = _linear_taps(width, new_w)
-  frames = frames[:, :, i0] * w0[:, None] + frames[:, :, i1] * w1[:, None]
-  i0, i1, w0, w1 = _linear_taps(height, new_h)
-  return frames[:, i0] * w0[:, None, None] + frames[:, i1] * w1[:, None, None]
+  new_h, new_w = short_side_shape(height, width, size)
+  top, left, out_h, out_w = crop or (0, 0, new_h, new_w)
+  if (new_h, new_w) == (height, width):
+    return pointwise(frames[:, top:top + out_h, left:left + out_w])
+  xi0, xi1, xw0, xw1 = (a[left:left + out_w] for a in _linear_taps(width, new_w))
+  yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
+  rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)  # the source rows used
+  source = frames[:, rows]
+  frames = pointwise(source[:, :, xi0]) * xw0[:, None] + pointwise(source[:, :, xi1]) * xw1[:, None]
+  r0, r1 = where[:out_h], where[out_h:]
+  return frames[:, r0] * yw0[:, None, None] + frames[:, r1] * yw1[:, None, None]
 
 
 def three_crops(frames, size):
@@ -204,6 +292,7 @@ def normalize(frames):
 def eval_views(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1,
                spatial_crops=3):
   """The official test views of one decoded video: float32 (views, num_frames, S, S, 3) in [-1, 1].
+  `frames`: uint8 (N, H, W, 3), or a video.JpegFrames (then only the sampled frames are decoded).
 
   views = temporal_views * spatial_crops, ordered view by view, each with its crops (left, centre,
   right). sampling "dense" (Kinetics, needs `stride`) or "segment" (SSv2, at most 3 temporal views).
@@ -212,9 +301,10 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
   centre crop of that same resize (the official Kinetics single-crop mode resizes the short side to
   TRAIN_JITTER_SCALES[0] first instead).
   """
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[0] == 0:
-    raise UserError(f"expected decoded frames (N > 0, H, W, 3), got shape {frames.shape}")
+  if not isinstance(frames, JpegFrames):
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0:
+      raise UserError(f"expected decoded frames (N > 0, H, W, 3), got shape {frames.shape}")
   if spatial_crops not in (1, 3):
     raise UserError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
   if sampling == "dense":
@@ -226,9 +316,10 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
     indices = [segment_indices(len(frames), num_frames, view=k) for k in range(temporal_views)]
   else:
     raise UserError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
+  picked = frames[np.concatenate(indices)]  # each distinct frame decoded once (JpegFrames)
   views = []
-  for index in indices:
-    clip = resize_short_side(normalize(frames[index]), image_size)
+  for k in range(len(indices)):
+    clip = resize_short_side(picked[k * num_frames:(k + 1) * num_frames], image_size, pointwise=normalize)
     crops = three_crops(clip, image_size)
     views.extend(crops if spatial_crops == 3 else crops[1:2])
   return np.stack(views)

@@ -40,7 +40,8 @@ class Example:
 
   labels: feature -> class name (str), class index (int), or None for an unlabelled example (-1).
   source: the file or folder that must exist (None: not found; `missing` says where it was looked for).
-  load(*args) -> (frames (T, H, W, 3) uint8, frame rate); args default to (source,).
+  load(*args) -> the frames, RGB uint8 (H, W, 3) each, an iterable read one at a time (so that a long or
+  high-resolution video never sits whole in memory); args default to (source,).
   error: (reason, detail) when the row itself is unusable.
   """
   id: str
@@ -55,8 +56,9 @@ class Example:
 class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the video builders (see the module docstring)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "h264 mp4 clips, short side 256 (never upscaled), all source frames."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "h264 mp4 clips, short side 256 (never upscaled), all source frames.",
+                   "2.0.0": "JPEG frames (a loader decodes only those it samples), short side 256, all source frames."}
   LABEL_FEATURES = ("label",)
   HOMEPAGE = None
   CITATION = None
@@ -74,9 +76,10 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     features = {
-        "video": tfds.features.Tensor(shape=(), dtype=np.object_, doc="h264 mp4 file (bytes)"),
+        "frames": tfds.features.Tensor(shape=(), dtype=np.object_, doc="the frames' JPEG files one after another"),
+        "frame_ends": tfds.features.Tensor(shape=(None,), dtype=np.int64, doc="where each frame ends in `frames`"),
         "id": tfds.features.Text(doc="the example id of the annotations"),
-        "num_frames": tfds.features.Scalar(np.int32, doc="frames in `video`"),
+        "num_frames": tfds.features.Scalar(np.int32, doc="frames of the video"),
     }
     features.update({name: tfds.features.ClassLabel() for name in self.LABEL_FEATURES})  # names: later
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, homepage=self.HOMEPAGE,
@@ -158,4 +161,5 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.report.write(os.path.join(os.fspath(self.data_path), REPORT))  # the version folder, once done
     print(self.report.summary(split), flush=True)
     for key, num_frames in good:  # report first: tfds may stop reading after max_examples_per_split
-      yield key, {"video": work.read(key), "id": key, "num_frames": num_frames, **labels[key]}
+      data, ends = work.read(key)
+      yield key, {"frames": data, "frame_ends": ends, "id": key, "num_frames": num_frames, **labels[key]}

@@ -1,26 +1,19 @@
-"""Shared parts of the dataset builders: re-encoding, a resumable parallel map, the bad-example report.
+"""Shared parts of the dataset builders: storing a video's frames, a resumable parallel map, the report.
 
-numpy and PyAV only (no tfds, no TensorFlow): the encoding runs in worker processes.
+numpy, Pillow and PyAV only (no tfds, no TensorFlow): the encoding runs in worker processes.
 
-Stored format: each clip (or EPIC action segment) is re-encoded to an h264 mp4 (yuv420p, crf 23,
-preset veryfast, a keyframe every 16 frames, no scene-cut keyframes) with the short side resized to 256
-(area filter, aspect kept, both sides even), or kept at its size when the short side is already 256 or
-less: small videos are never upscaled (only an odd side loses one pixel, as yuv420p needs even sides).
-All frames are kept, at the source frame rate, so `num_frames` is the source's frame count.
+Stored format (2.0.0): every frame of a clip (or EPIC action segment), at the source frame rate, as a JPEG
+image (libjpeg-turbo through simplejpeg, quality JPEG_QUALITY, 4:2:0 chroma), the files one after another in
+one bytes value with the offset where each ends, so that a loader decodes only the frames it samples
+(`xvit_jax.data.video.JpegFrames`). Frames are resized so the short side is 256 (FFmpeg's area filter, aspect
+kept, both sides even), or kept at their size when the short side is already 256 or less: small videos are
+never upscaled. `num_frames` is the source's frame count. Preparation streams: one source frame in memory at
+a time (plus the JPEGs written so far), whatever the video's length or resolution.
 
-Why h264 and not JPEG frames: `python -m xvit_jax.data.builders.storage_benchmark` on a synthetic 10 s
-320x240 30 fps clip (300 frames, kept at 320x240), per core (single-threaded codecs, `taskset -c 0`),
-AMD EPYC VM, PyAV 19.0.2 (FFmpeg's h264 and mjpeg decoders), three runs:
-
-  option                        size     decode all 300   decode 16 frames      encode   mean abs err
-  h264 mp4 (this)               104 kB   21-22 clips/s    45 clips/s (seeking)  0.36 s   2.4
-  JPEG frames (mjpeg qscale 3)  1.25 MB  21-22 clips/s    410 clips/s           0.13 s   2.3
-
-At the same quality both decode a whole clip equally fast (what `xvit_jax.data.video.decode` and the
-training pipeline do with the `video` bytes), and h264 is 12x smaller (x 260k Kinetics-400 clips: ~27 GB
-instead of ~330 GB for content like this; real footage is larger in both) and one bytes value per record. JPEG frames would win (~9x) only
-for a loader that decodes just the sampled frames, which needs a sequence-of-images record and a new
-reader; a seeking h264 reader gets 2x (the keyframe every 16 frames allows it).
+Format 1.0.0 (up to 2026-12) stored one h264 mp4 per clip (`encode_h264`): 12x smaller, but a loader had to
+decode every frame to use 16 of them. Datasets prepared in it are still read (the whole video decoded, as
+then). `python -m xvit_jax.data.builders.storage_benchmark` measures the formats side by side; the numbers
+are in BENCHMARKS.md ("Input at accelerator speed").
 """
 
 import collections
@@ -32,11 +25,14 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 
 import av
+import numpy as np
+import simplejpeg
 
 from xvit_jax.data import video
 from xvit_jax.errors import UserError
 
 SHORT_SIDE = 256
+JPEG_QUALITY = 90
 X264_OPTIONS = {"crf": "23", "preset": "veryfast", "g": "16", "sc_threshold": "0", "threads": "1"}
 DEFAULT_RATE = 30
 DIED = "worker process died"
@@ -48,8 +44,34 @@ def target_size(height, width, short_side=SHORT_SIDE):
   return tuple(max(2, int(round(side * scale)) // 2 * 2) for side in (height, width))
 
 
-def encode(frames, *, rate=DEFAULT_RATE):
-  """h264 mp4 bytes of RGB uint8 frames (T, H, W, 3), resized to `target_size`."""
+def resize_frame(frame, size):
+  """RGB uint8 (H, W, 3) -> (size[0], size[1], 3) with FFmpeg's area filter (as frames are stored)."""
+  if frame.shape[:2] == tuple(size):
+    return frame
+  picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+  return picture.to_ndarray(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+
+
+def encode(frames, *, quality=JPEG_QUALITY):
+  """(JPEG files one after another, int64 (N,) where each ends) of RGB uint8 frames (H, W, 3), an iterable
+  read one frame at a time, each resized to `target_size`. UserError if there are none, or their size changes."""
+  buffer, ends, size, first = io.BytesIO(), [], None, None
+  for frame in frames:
+    if first is None:
+      first, size = frame.shape, target_size(*frame.shape[:2])
+    elif frame.shape != first:
+      raise UserError(f"frame size changes within the video [{first[:2]}, {frame.shape[:2]}]")
+    buffer.write(simplejpeg.encode_jpeg(np.ascontiguousarray(resize_frame(frame, size)), quality=quality,
+                                        colorspace="RGB", colorsubsampling="420"))
+    ends.append(buffer.tell())
+  if not ends:
+    raise UserError("no frames")
+  return buffer.getvalue(), np.array(ends, np.int64)
+
+
+def encode_h264(frames, *, rate=DEFAULT_RATE):
+  """Format 1.0.0: h264 mp4 bytes of RGB uint8 frames (T, H, W, 3), resized to `target_size` (yuv420p,
+  crf 23, a keyframe every 16 frames). Kept for the storage benchmark and for tests of reading old datasets."""
   height, width = target_size(*frames.shape[1:3])
   buffer = io.BytesIO()
   with av.open(buffer, "w", format="mp4") as container:
@@ -62,19 +84,9 @@ def encode(frames, *, rate=DEFAULT_RATE):
   return buffer.getvalue()
 
 
-def frame_rate(path):
-  """The average frame rate of a video file's first video stream, or DEFAULT_RATE if unknown."""
-  try:
-    with av.open(os.fspath(path)) as container:
-      rate = container.streams.video[0].average_rate
-  except (av.FFmpegError, OSError, IndexError):
-    return DEFAULT_RATE
-  return rate if rate and 1 <= rate <= 1000 else DEFAULT_RATE
-
-
 def load_video(path):
-  """A whole source video as (frames, rate); UserError if it cannot be read."""
-  return video.decode(path), frame_rate(path)
+  """The frames of a source video file, streamed (video.iter_frames); UserError if it cannot be read."""
+  return video.iter_frames(path)
 
 
 # ---------------------------------------------------------------------------------------- reports
@@ -105,19 +117,17 @@ class Report:
 # ------------------------------------------------------------------------ resumable parallel encode
 
 def _encode_one(out_path, load, args):
-  """Worker: load(*args) -> (frames, rate), encode, write out_path. Returns (num_frames, None) or
-  (None, reason): a UserError (unreadable input) or any other exception never stops the build."""
+  """Worker: load(*args) -> frames (an iterable), encode, write out_path (WorkDir.write). Returns
+  (num_frames, None) or (None, reason): a UserError (unreadable input) or any other exception never stops
+  the build."""
   try:
-    frames, rate = load(*args)
-    data = encode(frames, rate=rate)
+    data, ends = encode(load(*args))
   except UserError as e:
     return None, str(e)
   except Exception as e:  # pylint: disable=broad-except  # a codec or a bug: report, go on
     return None, f"{type(e).__name__}: {e}"
-  with open(out_path + ".tmp", "wb") as f:
-    f.write(data)
-  os.replace(out_path + ".tmp", out_path)
-  return len(frames), None
+  WorkDir.write(out_path, data, ends)
+  return len(ends), None
 
 
 def _executor(workers):
@@ -156,8 +166,9 @@ def _pool_map(jobs, workers):
 
 
 class WorkDir:
-  """Finished results of one split, so a rerun skips them: `{id}.mp4` plus a log `done.tsv` with
-  lines id<TAB>num_frames<TAB>reason (num_frames empty when it failed). Delete it to redo everything."""
+  """Finished results of one split, so a rerun skips them: `{id}.frames` (the frames' end offsets as int64,
+  then the JPEGs; see `write`) plus a log `done.tsv` with lines id<TAB>num_frames<TAB>reason (num_frames empty
+  when it failed). Delete it to redo everything."""
 
   def __init__(self, path):
     self.path = os.fspath(path)
@@ -172,11 +183,21 @@ class WorkDir:
             self.done[key] = (int(num) if num else None, reason)
 
   def video_path(self, key):
-    return os.path.join(self.path, key.replace(os.sep, "_") + ".mp4")
+    return os.path.join(self.path, key.replace(os.sep, "_") + ".frames")
+
+  @staticmethod
+  def write(path, data, ends):
+    """One encoded video: int64 N, its N end offsets, then `data`; written whole or not at all."""
+    with open(path + ".tmp", "wb") as f:
+      f.write(np.array([len(ends)], "<i8").tobytes() + np.asarray(ends, "<i8").tobytes() + data)
+    os.replace(path + ".tmp", path)
 
   def read(self, key):
+    """(data, ends) as `encode` returned them."""
     with open(self.video_path(key), "rb") as f:
-      return f.read()
+      raw = f.read()
+    n = int(np.frombuffer(raw, "<i8", 1)[0])
+    return raw[8 * (n + 1):], np.frombuffer(raw, "<i8", n, offset=8).astype(np.int64)
 
   def run(self, tasks, *, workers, name, log_every=None):
     """Encodes each (id, load, args) not done yet over `workers` processes with a progress line every

@@ -12,7 +12,6 @@ import os
 from fractions import Fraction
 
 import av
-import numpy as np
 
 from xvit_jax.data import video
 from xvit_jax.data.builders import base, common
@@ -21,12 +20,12 @@ from xvit_jax.errors import UserError
 ANNOTATION_DIRS = ("", "annotations", "epic-kitchens-100-annotations")
 DATA_DIRS = ("EPIC-KITCHENS", "")
 SPLITS = {"train": "EPIC_100_train.csv", "validation": "EPIC_100_validation.csv"}
-DEFAULT_FPS = 50  # frame folders: used only for the stored mp4's timestamps
+DEFAULT_FPS = 50  # a video whose container states no frame rate
 
 INSTRUCTIONS = """\
 Put into the manual folder (--manual_dir):
   EPIC_100_train.csv, EPIC_100_validation.csv, EPIC_100_verb_classes.csv, EPIC_100_noun_classes.csv
-    and optionally EPIC_100_video_info.csv (fps), directly or under annotations/;
+    directly or under annotations/;
   {participant_id}/rgb_frames/{video_id}/frame_0000000001.jpg ... (the rgb_frames tars extracted)
     and/or {participant_id}/videos/{video_id}.MP4, directly or under EPIC-KITCHENS/.
 """
@@ -48,8 +47,9 @@ def class_names(path):
   return [by_id[i] for i in range(len(by_id))]
 
 
-def load_frames(folder, start, stop, rate):
-  """Frames start..stop of a frame folder (JPEGs decoded with PyAV); UserError if any is missing."""
+def load_frames(folder, start, stop):
+  """Frames start..stop of a frame folder (JPEGs decoded with PyAV), one at a time; UserError if any is
+  missing (checked before the first is read)."""
   paths = [os.path.join(folder, f"frame_{i:010d}.jpg") for i in range(start, stop + 1)]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
@@ -57,14 +57,22 @@ def load_frames(folder, start, stop, rate):
   outside = [p for p in paths if not base.inside(p, os.path.realpath(folder))]
   if outside:
     raise UserError(f"{outside[0]} resolves to {os.path.realpath(outside[0])}, outside its frame folder")
-  frames = [video.decode(p)[0] for p in paths]
-  if len({f.shape for f in frames}) > 1:
-    raise UserError(f"frame size changes within {folder} frames {start}-{stop}")
-  return np.stack(frames), rate
+  return _frames_of(paths, folder, start, stop)
+
+
+def _frames_of(paths, folder, start, stop):
+  shape = None
+  for path in paths:
+    frame = video.decode(path)[0]
+    if shape is not None and frame.shape != shape:
+      raise UserError(f"frame size changes within {folder} frames {start}-{stop}")
+    shape = frame.shape
+    yield frame
 
 
 def load_segment(path, start, stop):
-  """Frames start..stop (1-based) of a video, seeking to the segment and resizing while decoding."""
+  """Frames start..stop (1-based) of a video, seeking to the segment and resizing while decoding, one at a
+  time (a segment of minutes is never whole in memory)."""
   try:
     with av.open(os.fspath(path)) as container:
       stream = container.streams.video[0]
@@ -73,7 +81,7 @@ def load_segment(path, start, stop):
       rate, time_base = stream.average_rate or Fraction(DEFAULT_FPS), stream.time_base
       first = stream.start_time or 0
       container.seek(first + int(Fraction(start - 1) / rate / time_base), stream=stream, backward=True)
-      frames = []
+      found = 0
       for frame in container.decode(stream):
         if frame.pts is None:
           continue
@@ -82,14 +90,14 @@ def load_segment(path, start, stop):
           break
         if index >= start:
           height, width = common.target_size(frame.height, frame.width)
-          frames.append(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA"))
+          found += 1
+          yield frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
   except UserError:
     raise
   except (av.FFmpegError, OSError, IndexError, ValueError) as e:
     raise UserError(f"cannot decode video {path}: {' '.join(str(e).split())}") from None
-  if not frames:
+  if not found:
     raise UserError(f"no frames {start}-{stop} in {path}")
-  return np.stack(frames), rate
 
 
 class EpicKitchens100(base.VideoBuilder):
@@ -112,17 +120,15 @@ class EpicKitchens100(base.VideoBuilder):
       if not os.path.isfile(path):
         raise UserError(f"no {os.path.basename(path)} next to {SPLITS['train']} in {annotations}")
       names[feature] = class_names(path)
-    info = os.path.join(annotations, "EPIC_100_video_info.csv")
-    fps = {r["video_id"]: float(r["fps"]) for r in read_csv(info)} if os.path.isfile(info) else {}
     root = next(os.path.join(manual_dir, d) for d in DATA_DIRS if os.path.isdir(os.path.join(manual_dir, d)))
     splits = {}
     for split, file_name in SPLITS.items():
       path = os.path.join(annotations, file_name)
       if os.path.isfile(path):
-        splits[split] = [self._example(i, row, root, fps) for i, row in enumerate(read_csv(path))]
+        splits[split] = [self._example(i, row, root) for i, row in enumerate(read_csv(path))]
     return splits, names
 
-  def _example(self, i, row, root, fps):
+  def _example(self, i, row, root):
     try:
       narration_id, participant, video_id = (row[k].strip() for k in ("narration_id", "participant_id", "video_id"))
       start, stop = int(row["start_frame"]), int(row["stop_frame"])
@@ -135,9 +141,8 @@ class EpicKitchens100(base.VideoBuilder):
       return base.Example(id=f"row{i + 2}", labels={}, error=("bad annotation", f"line {i + 2}: {e!r}"))
     frames = os.path.join(root, participant, "rgb_frames", video_id)
     if os.path.isdir(frames):
-      rate = Fraction(fps.get(video_id, DEFAULT_FPS)).limit_denominator(1001)
       return base.Example(id=narration_id, labels=labels, source=frames, load=load_frames,
-                          args=(frames, start, stop, rate))
+                          args=(frames, start, stop))
     videos = os.path.join(root, participant, "videos")
     path = next((os.path.join(videos, video_id + e) for e in (".MP4", ".mp4")
                  if os.path.isfile(os.path.join(videos, video_id + e))), None)
