@@ -26,8 +26,8 @@ def test_input_only_measures_a_prepared_dataset_and_merges_into_out(tmp_path):
   prepare(tmp_path, "kinetics400")
   out = tmp_path / "r.json"
   out.write_text(json.dumps({"meta": {"kept": True}}))
-  run = run_module("xvit_jax.benchmark", "--input_only", "--config=configs/k400.py:smoke",
-                   f"--config.data.data_dir={tmp_path / 'data'}", "--input_records=2", "--input_passes=2", f"--out={out}")
+  run = run_module("xvit_jax.benchmark", "--input_only", "--config=configs/k400.py:smoke", "--input_records=2",
+                   f"--config.data.data_dir={tmp_path / 'data'}", "--input_passes=2", f"--out={out}")
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads(out.read_text())
   assert results["meta"] == {"kept": True}
@@ -43,4 +43,5 @@ def test_input_only_refuses_a_missing_dataset_in_one_line(tmp_path):
   run = run_module("xvit_jax.benchmark", "--input_only", "--config=configs/k400.py:smoke",
                    f"--config.data.data_dir={tmp_path / 'none'}")
   assert run.returncode == 2
-  assert run.stderr.count("\n") == 1 and "not prepared" in run.stderr and "xvit_jax.data.prepare" in run.stderr, run.stderr
+  assert run.stderr.count("\n") == 1, run.stderr
+  assert run.stderr.startswith("error: ") and "not prepared" in run.stderr and "xvit_jax.data.prepare" in run.stderr

@@ -6,7 +6,8 @@ under a moving camera, moving objects, sensor noise) stored as
       decoding every frame (what a whole-video reader does) or seeking;
   (b) the same h264 with a keyframe every 4 or 8 frames, decoding from the keyframe before each sampled
       frame (and on to the next sampled frame when it is at most a keyframe interval ahead);
-  (c) JPEG frames (PIL, libjpeg-turbo, 4:2:0) at quality 75/85/90/95, decoding only the sampled frames.
+  (c) JPEG frames (libjpeg-turbo, 4:2:0) at quality 75/85/90/95 through simplejpeg (stored format 2 is
+      quality 90 through it: builders/common.py) and at 90 through PIL, decoding only the sampled frames.
 The sampled frames are those of one Kinetics train clip (dense sampling, 16 frames at stride 16, a random
 start each time). Per option: bytes per clip (and x 240k clips: Kinetics-400's disk cost), encoding seconds
 per clip, sampled clips decoded per second on one core, mean absolute error of every frame against the source
@@ -19,6 +20,7 @@ import time
 
 import av
 import numpy as np
+import simplejpeg
 from absl import app, flags
 from PIL import Image
 
@@ -76,16 +78,22 @@ def decode_h264_sampled(data, indices, gop):
   return out
 
 
-def encode_jpeg(clip, quality):
+def encode_jpeg(clip, quality, library="simplejpeg"):
+  """One JPEG per frame, 4:2:0, with simplejpeg (format 2's encoder) or PIL (both libjpeg-turbo)."""
+  if library == "simplejpeg":
+    return [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=quality, colorspace="RGB",
+                                    colorsubsampling="420") for f in clip]
   out = []
   for frame in clip:
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
     out.append(buffer.getvalue())
   return out
 
 
-def decode_jpeg(images):
+def decode_jpeg(images, library="simplejpeg"):
+  if library == "simplejpeg":
+    return [simplejpeg.decode_jpeg(data, colorspace="RGB") for data in images]
   return [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in images]
 
 
@@ -126,12 +134,14 @@ def measure(clip, seconds=2.0, seed=0):
     rows.append(dict(option=f"h264 g{gop}, seek to the sampled frames", bytes=len(data), encode_s=encode_s,
                      sampled_clips_per_s=_rate(lambda i, d=data, g=gop: decode_h264_sampled(d, i, g), rng, seconds),
                      mean_abs_error=error(whole_gop)))
-  for quality in (75, 85, 90, 95):
-    images, encode_s = timed(lambda q=quality: encode_jpeg(clip, q))
-    rows.append(dict(option=f"JPEG q{quality}, decode the sampled frames", bytes=sum(map(len, images)),
-                     encode_s=encode_s, sampled_clips_per_s=_rate(lambda i: decode_jpeg([images[k] for k in i]), rng,
-                                                                  seconds),
-                     mean_abs_error=error(decode_jpeg(images))))
+  for quality, library in ((75, "simplejpeg"), (85, "simplejpeg"), (90, "simplejpeg"), (90, "PIL"),
+                           (95, "simplejpeg")):
+    images, encode_s = timed(lambda q=quality, lib=library: encode_jpeg(clip, q, lib))
+    decode = lambda i, im=images, lib=library: decode_jpeg([im[k] for k in i], lib)
+    name = f"{library}, format 2" if (quality, library) == (90, "simplejpeg") else library
+    rows.append(dict(option=f"JPEG q{quality} ({name}), decode the sampled frames", bytes=sum(map(len, images)),
+                     encode_s=encode_s, sampled_clips_per_s=_rate(decode, rng, seconds),
+                     mean_abs_error=error(decode_jpeg(images, library))))
   return rows
 
 
@@ -161,13 +171,14 @@ def main(argv):
     print(f"clip {seed}: h264 g16 {rows[-1][0]['bytes'] * 8 / (FRAMES / RATE) / 1e3:.0f} kbit/s", flush=True)
   bitrate = np.mean([r[0]["bytes"] for r in rows]) * 8 / (FRAMES / RATE) / 1e3
   print(f"\n{len(rows)} natural clips of {FRAMES} frames {WIDTH}x{HEIGHT} at {RATE} fps (h264 crf 23: "
-        f"{bitrate:.0f} kbit/s, sensor noise {flags.FLAGS.noise:g}), one core (cpu {min(os.sched_getaffinity(0))}), PyAV {av.__version__}, "
-        f"Pillow {Image.__version__}; sampled: a Kinetics train clip ({NUM_FRAMES} frames, stride {STRIDE})\n")
+        f"{bitrate:.0f} kbit/s, sensor noise {flags.FLAGS.noise:g}), one core (cpu {min(os.sched_getaffinity(0))}), "
+        f"PyAV {av.__version__}, Pillow {Image.__version__}, simplejpeg {simplejpeg.__version__}; sampled: a "
+        f"Kinetics train clip ({NUM_FRAMES} frames, stride {STRIDE})\n")
   print(table(rows))
 
 
 if __name__ == "__main__":
   flags.DEFINE_integer("clips", 3, "natural clips to measure (different seeds)", lower_bound=1)
   flags.DEFINE_float("seconds", 2.0, "seconds of decoding per rate")
-  flags.DEFINE_float("noise", 2.0, "the clips' sensor noise (standard deviation in grey levels); JPEG's size follows it")
+  flags.DEFINE_float("noise", 2.0, "the clips' sensor noise (standard deviation, grey levels); JPEG's size follows it")
   app.run(main)
