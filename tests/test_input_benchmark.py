@@ -33,6 +33,7 @@ def test_input_only_measures_a_prepared_dataset_and_merges_into_out(tmp_path):
   assert results["meta"] == {"kept": True}
   r = results["input"]
   assert r["train_clips_per_s_per_worker"] > 0 and r["eval_videos_per_s_per_worker"] > 0
+  assert r["train_clips_per_cpu_s"] > 0 and r["eval_videos_per_cpu_s"] > 0
   assert len(r["train_pass_rates"]) == len(r["eval_pass_rates"]) == r["passes"] == 2 and r["records_per_pass"] == 2
   assert r["train_records"] == r["eval_records"] == 3 and r["unreadable"] == 0 and not r["self_prepared"]
   assert r["recipe"]["dataset"] == "kinetics400" and "multi-scale crop" in r["recipe"]["train"]
