@@ -22,17 +22,27 @@ SYNTHETIC = "synthetic"
 
 
 def source(config, split):
-  """A random-access source for split "train" or "eval" of config.data."""
+  """A random-access source for split "train" or "eval" of config.data: the synthetic task, or the newest
+  version of the prepared dataset in config.data.data_dir, read as it is on disk (never prepared here)."""
   data = config.data
   if data.name == SYNTHETIC:
     return synthetic.from_config(config, split)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   name = data.train_split if split == "train" else data.eval_split
+  root = os.path.join(data.data_dir or tfds.core.constants.DATA_DIR, data.name)
+  versions = [v for v in (os.listdir(root) if os.path.isdir(root) else ())
+              if tfds.core.Version.is_valid(v) and os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
   try:
-    return tfds.data_source(data.name, split=name, data_dir=data.data_dir or None)
+    newest = max(versions, key=tfds.core.Version)
+    prepared = tfds.builder_from_directory(os.path.join(root, newest)).as_data_source(split=name)
   except Exception as e:  # noqa: BLE001 - anything here means the dataset is not prepared where we look
     raise UserError(f"dataset {data.name} split {name!r} is not prepared in config.data.data_dir={data.data_dir!r} "
                     f"({type(e).__name__}); run python -m xvit_jax.data.prepare --dataset={data.name} ...") from None
+  if tfds.core.Version(newest) < tfds.core.Version("2.0.0"):
+    logging.warning("dataset %s in %s is in format %s (one h264 video per record: every frame is decoded to "
+                    "use a few); python -m xvit_jax.data.prepare --dataset=%s writes format 2.0.0 beside it, "
+                    "which decodes only the sampled frames", data.name, root, newest, data.name)
+  return prepared
 
 
 def _labels(record, fields):

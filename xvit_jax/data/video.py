@@ -252,7 +252,7 @@ def resize_short_side(frames, size, *, crop=None, pointwise=None):
   it runs after the taps are gathered, on only the pixels used (equal to mapping the frames first).
   """
   frames = np.asarray(frames)
-  pointwise = pointwise or (lambda x: np.asarray(x, np.float32))
+  pointwise = pointwise or (lambda x: x.astype(np.float32))
   height, width = frames.shape[1:3]
   new_h, new_w = short_side_shape(height, width, size)
   top, left, out_h, out_w = crop or (0, 0, new_h, new_w)
@@ -261,10 +261,19 @@ def resize_short_side(frames, size, *, crop=None, pointwise=None):
   xi0, xi1, xw0, xw1 = (a[left:left + out_w] for a in _linear_taps(width, new_w))
   yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
   rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)  # the source rows used
-  source = frames[:, rows]
-  frames = pointwise(source[:, :, xi0]) * xw0[:, None] + pointwise(source[:, :, xi1]) * xw1[:, None]
-  r0, r1 = where[:out_h], where[out_h:]
-  return frames[:, r0] * yw0[:, None, None] + frames[:, r1] * yw1[:, None, None]
+  # channels first, so both passes gather along contiguous axes; products and sums as above, in place
+  source = np.ascontiguousarray(frames[:, rows].transpose(0, 3, 1, 2))  # (T, C, rows, W)
+  wide = pointwise(np.take(source, xi0, axis=3))
+  wide *= xw0
+  other = pointwise(np.take(source, xi1, axis=3))
+  other *= xw1
+  wide += other  # (T, C, rows, out_w)
+  out = np.take(wide, where[:out_h], axis=2)
+  out *= yw0[:, None]
+  other = np.take(wide, where[out_h:], axis=2)
+  other *= yw1[:, None]
+  out += other  # (T, C, out_h, out_w)
+  return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
 
 
 def three_crops(frames, size):
