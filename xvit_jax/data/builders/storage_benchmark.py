@@ -1,4 +1,5 @@
-"""Storage formats side by side: `python -m xvit_jax.data.builders.storage_benchmark [--clips=3]`.
+"""Storage formats side by side: `python -m xvit_jax.data.builders.storage_benchmark [--clips=3]` (numbers in
+BENCHMARKS.md, "Input at accelerator speed").
 
 Clips like Kinetics' after preparation (xvit_jax.data.natural_clips: 10 s, 30 fps, 340x256, a natural scene
 under a moving camera, moving objects, sensor noise) stored as
