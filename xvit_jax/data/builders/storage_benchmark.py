@@ -8,7 +8,7 @@ under a moving camera, moving objects, sensor noise) stored as
   (b) the same h264 with a keyframe every 4 or 8 frames, decoding from the keyframe before each sampled
       frame (and on to the next sampled frame when it is at most a keyframe interval ahead);
   (c) JPEG frames (libjpeg-turbo, 4:2:0) at quality 75/85/90/95 through simplejpeg (stored format 2 is
-      quality 90 through it: builders/common.py) and at 90 through PIL, decoding only the sampled frames.
+      common.JPEG_QUALITY through it) and at 90 through PIL, decoding only the sampled frames.
 The sampled frames are those of one Kinetics train clip (dense sampling, 16 frames at stride 16, a random
 start each time). Per option: bytes per clip (and x 240k clips: Kinetics-400's disk cost), encoding seconds
 per clip, sampled clips decoded per second on one core, mean absolute error of every frame against the source
@@ -26,6 +26,7 @@ from absl import app, flags
 from PIL import Image
 
 from xvit_jax.data import natural_clips, video
+from xvit_jax.data.builders import common
 
 # the h264 of stored format 1 (one mp4 per video; builders/common.py before format 2)
 X264_OPTIONS = {"crf": "23", "preset": "veryfast", "g": "16", "sc_threshold": "0", "threads": "1"}
@@ -139,7 +140,7 @@ def measure(clip, seconds=2.0, seed=0):
                            (95, "simplejpeg")):
     images, encode_s = timed(lambda q=quality, lib=library: encode_jpeg(clip, q, lib))
     decode = lambda i, im=images, lib=library: decode_jpeg([im[k] for k in i], lib)
-    name = f"{library}, format 2" if (quality, library) == (90, "simplejpeg") else library
+    name = f"{library}, format 2" if (quality, library) == (common.JPEG_QUALITY, "simplejpeg") else library
     rows.append(dict(option=f"JPEG q{quality} ({name}), decode the sampled frames", bytes=sum(map(len, images)),
                      encode_s=encode_s, sampled_clips_per_s=_rate(decode, rng, seconds),
                      mean_abs_error=error(decode_jpeg(images, library))))
