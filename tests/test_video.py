@@ -195,12 +195,12 @@ def test_eval_views_from_a_real_video(videos):
   frames = video.decode(videos["webm"])
   views = video.eval_views(frames, num_frames=4, image_size=32, sampling="dense", stride=2, temporal_views=2)
   assert views.shape == (6, 4, 32, 32, 3) and views.dtype == np.float32
-  assert -1 <= views.min() and views.max() <= 1
-  # Flat frames stay flat: each view frame is the normalised grey of the sampled frame. 20 frames, span
-  # 8: clip k starts at 12 * k / 2, indices linspace(start, start + 7, 4) -> 0, 2, 4, 7 and 6, 8, 10, 13.
+  assert 0 <= views.min() and views.max() <= 255  # pixels: normalised on the device
+  # Flat frames stay flat: each view frame is the grey of the sampled frame. 20 frames, span 8: clip k
+  # starts at 12 * k / 2, indices linspace(start, start + 7, 4) -> 0, 2, 4, 7 and 6, 8, 10, 13.
   for view, index in zip([0, 3], [[0, 2, 4, 7], [6, 8, 10, 13]]):
-    expected = (np.array([grey(i) for i in index]) / 255 - 0.5) / 0.5
-    np.testing.assert_allclose(views[view].mean(axis=(1, 2, 3)), expected, atol=0.03)
+    expected = np.array([grey(i) for i in index], np.float64)
+    np.testing.assert_allclose(views[view].mean(axis=(1, 2, 3)), expected, atol=0.03 * 255 / 2)
   segment = video.eval_views(frames, num_frames=4, image_size=16, sampling="segment", temporal_views=3,
                              spatial_crops=1)
   assert segment.shape == (3, 4, 16, 16, 3)
@@ -210,10 +210,14 @@ def test_eval_views_matches_the_steps_and_rejects_bad_requests():
   frames = np.random.default_rng(3).integers(0, 256, size=(30, 12, 20, 3)).astype(np.uint8)
   views = video.eval_views(frames, num_frames=5, image_size=10, sampling="segment", temporal_views=2)
   assert views.shape == (6, 5, 10, 10, 3)
-  normalised = (frames.astype(np.float32) / 255 - 0.5) / 0.5
   for k in range(2):
-    clip = video.resize_short_side(normalised[video.segment_indices(30, 5, view=k)], 10)  # (5, 10, 16, 3)
+    clip = video.resize_short_side(frames[video.segment_indices(30, 5, view=k)], 10)  # (5, 10, 16, 3)
     np.testing.assert_array_equal(views[3 * k:3 * k + 3], video.three_crops(clip, 10))
+  # the official order (normalise, then resize) within float32 rounding of ours (resize, normalise on the device)
+  from xvit_jax import preprocess  # pylint: disable=import-outside-toplevel
+  normalised = (frames.astype(np.float32) / 255 - 0.5) / 0.5
+  official = video.three_crops(video.resize_short_side(normalised[video.segment_indices(30, 5, view=0)], 10), 10)
+  np.testing.assert_allclose(preprocess.normalize(views[:3]), official, rtol=0, atol=1e-6)
   with pytest.raises(UserError, match="stride"):
     video.eval_views(frames, num_frames=4, image_size=8, sampling="dense")
   with pytest.raises(UserError, match="sampling"):

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, sharding
+from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, preprocess, sharding
 from xvit_jax import state as state_lib
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
@@ -25,9 +25,11 @@ from xvit_jax.metric_writer import MetricWriter, format_duration
 
 
 def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
-  """jit'd (state, batch) -> (state, metrics). With several label heads (EPIC verb and noun) the loss is
-  the sum of the heads' cross-entropies and the accuracy counts clips with every head right. A batch the
-  pipeline mixed (data.transforms.mixup) mixes each row's smoothed targets with its partner's alike.
+  """jit'd (state, batch) -> (state, metrics). The batch holds the pipeline's pixels (uint8, data.pipeline);
+  preprocess.train_inputs makes them the model's input inside the step (normalised, erased, mixed in
+  groups of augment.mixup_group rows). With several label heads (EPIC verb and noun) the loss is the sum
+  of the heads' cross-entropies and the accuracy counts clips with every head right. With mixup each row's
+  smoothed targets are mixed with its partner's alike.
 
   With config.grad_accum_steps = n > 1 the batch is cut into n micro-batches (rows i, i+n, i+2n, ...: each
   spread over all devices) whose gradients are averaged in float32 by a scan, so the step equals one
@@ -60,7 +62,8 @@ def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     dropout_rng, _ = jax.random.split(rng)  # the second key drew mixup when it was done on the device
-    video, labels = batch["video"], batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
+    video = preprocess.train_inputs(batch, config.augment.mixup_group)  # float32 (B, T, S, S, 3) in [-1, 1]
+    labels = batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
     smoothed = lambda y: jnp.concatenate([optax.smooth_labels(jax.nn.one_hot(y[:, g], size), smoothing)
                                           for g, (_, size) in enumerate(heads)], axis=-1)
     targets = smoothed(labels)

@@ -196,21 +196,17 @@ def three_crops(frames, size):
   return np.stack([frames[:, y0:y0 + size, x0:x0 + size] for y0, x0 in offsets])
 
 
-def normalize(frames):
-  """uint8 -> float32 in [-1, 1] as the official tensor_normalize: (x / 255 - 0.5) / 0.5 (ref. 5.1)."""
-  return (np.asarray(frames, np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
-
-
 def eval_views(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1,
                spatial_crops=3):
-  """The official test views of one decoded video: float32 (views, num_frames, S, S, 3) in [-1, 1].
+  """The official test views of one decoded video: float32 pixels (views, num_frames, S, S, 3) in [0, 255].
 
   views = temporal_views * spatial_crops, ordered view by view, each with its crops (left, centre,
   right). sampling "dense" (Kinetics, needs `stride`) or "segment" (SSv2, at most 3 temporal views).
-  Per temporal view: pick frames, normalise, resize the short side to `image_size` (the normalised
-  floats, as the official code), then crop (reference 5.2, 5.3, 8.1 item 11). spatial_crops=1 takes the
-  centre crop of that same resize (the official Kinetics single-crop mode resizes the short side to
-  TRAIN_JITTER_SCALES[0] first instead).
+  Per temporal view: pick frames, resize the short side to `image_size` (in float32, as the official code),
+  then crop (reference 5.2, 5.3, 8.1 item 11); the official code resizes normalised floats, the device
+  normalises after (xvit_jax.preprocess.normalize): the same numbers within float32 rounding, as resizing
+  is linear. spatial_crops=1 takes the centre crop of that same resize (the official Kinetics single-crop
+  mode resizes the short side to TRAIN_JITTER_SCALES[0] first instead).
   """
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[0] == 0:
@@ -228,7 +224,7 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
     raise UserError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
   views = []
   for index in indices:
-    clip = resize_short_side(normalize(frames[index]), image_size)
+    clip = resize_short_side(frames[index], image_size)
     crops = three_crops(clip, image_size)
     views.extend(crops if spatial_crops == 3 else crops[1:2])
   return np.stack(views)
