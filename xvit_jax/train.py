@@ -4,7 +4,7 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, preprocess, sharding
+from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, prefetch, preprocess, sharding
 from xvit_jax import state as state_lib
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
@@ -255,8 +255,7 @@ class Run:
   """The parts of a training run that the loop drives."""
   config: ml_collections.ConfigDict
   train_step: Callable  # jit'd (state, global batch) -> (state, metrics)
-  batches: Iterator  # this process's rows of each global train batch, numpy (a grain iterator)
-  to_global: Callable  # those rows -> the global batch, sharded over the mesh
+  batches: prefetch.DevicePrefetch  # the global train batches on the mesh, one placed ahead; the data position
   run_eval: Callable  # params -> {"eval/top1": ..., ...}
   ckpt: ocp.CheckpointManager
   writer: MetricWriter
@@ -271,7 +270,7 @@ def _train_loop(run, state, first_step):
   progress, started, final = Progress(config, writer), time.time(), None
   for step in range(first_step + 1, config.total_steps + 1):
     waiting = time.perf_counter()
-    batch = run.to_global(next(run.batches))
+    batch = next(run.batches)  # placed while the previous step ran: no wait unless the input falls behind
     waiting = time.perf_counter() - waiting
     state, metrics = run.train_step(state, batch)
     progress.add(step, metrics, waiting)
@@ -324,6 +323,7 @@ def _train_or_evaluate(config, workdir, mode, derived):
   ckpt = checkpoints.manager(workdir, keep=config.checkpoint_keep, create=mode == "train")
   writer = MetricWriter(workdir)
   preemption = PreemptionNotice() if mode == "train" else None
+  train_batches = None
   try:
     workers = data_workers(config, writer) if mode == "train" else 0
     make_batches = lambda seed: iter(pipeline.train_dataset(
@@ -344,14 +344,15 @@ def _train_or_evaluate(config, workdir, mode, derived):
       return results
 
     train_step = make_train_step(config, graphdef, tx, schedule, shardings=state_shardings)
-    to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     mesh_text = " x ".join(f"{a}={n}" for a, n in mesh.shape.items())
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
                  f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
     for line in derived:
       writer.print(line)
-    run = Run(config, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption)
+    place = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
+    train_batches = prefetch.DevicePrefetch(train_batches, place, count=config.total_steps - first_step)
+    run = Run(config, train_step, train_batches, run_eval, ckpt, writer, preemption)
     state, final = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)
@@ -365,6 +366,8 @@ def _train_or_evaluate(config, workdir, mode, derived):
       writer.print(f"final model at step {config.total_steps}: {evaluate.summary(final, prefix=False)}")
     return state
   finally:
+    if isinstance(train_batches, prefetch.DevicePrefetch):
+      train_batches.close()
     if preemption is not None:
       preemption.close()
     checkpoints.close(ckpt)
