@@ -13,10 +13,10 @@ import threading
 
 class DevicePrefetch:
   """Iterator of `place(batch)` over the grain iterator `batches`, `ahead` batches (made and placed) before
-  the one taken, `count` batches in all (None: as many as `batches` gives). `get_state()` is the data position after the last batch taken, for grain's orbax
-  checkpoint handler (checkpoints.save); restore the grain iterator before wrapping it (restore_data).
-  An error making a batch (a UserError from the pipeline, the end of the stream) is raised where that
-  batch is taken. `close()` stops the thread."""
+  the one taken, `count` batches in all (None: as many as `batches` gives). `get_state()` is the data
+  position after the last batch taken, for grain's orbax checkpoint handler (checkpoints.save); restore the
+  grain iterator before wrapping it (restore_data). An error making a batch (a UserError from the pipeline,
+  the end of the stream) is raised where that batch is taken. `close()` stops the thread."""
 
   def __init__(self, batches, place, *, ahead=1, count=None):
     self.batches, self.place, self.count = batches, place, count
