@@ -38,7 +38,7 @@ def fused_probs(model, frames, config):
   e, m = config.eval, config.model
   views = video.eval_views(frames, num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling,
                            stride=e.stride, temporal_views=1, spatial_crops=e.spatial_crops)
-  logits = model(views).sum(0)
+  logits = model(views, pixels=True).sum(0)
   return np.exp(logits / len(views)) / np.exp(logits / len(views)).sum()
 
 

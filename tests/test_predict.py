@@ -36,11 +36,17 @@ def test_a_video_file_gives_the_official_models_summed_view_logits(imported):
   assert result.returncode == 0, result.stderr[-2000:]
   logits = np.load(root / "logits.npy")
   assert logits.shape == (1, 5)
-  views = video.eval_views(video.decode(root / "clip.mp4"), num_frames=16, image_size=32, sampling="dense", stride=16,
-                           temporal_views=1, spatial_crops=3)
+  # the official views, cut in the official order (normalise, then resize the floats: predict resizes pixels and
+  # normalises on the device)
+  frames = video.decode(root / "clip.mp4")
+  normalised = (frames[video.dense_indices(len(frames), 16, 16, clip_index=0, num_clips=1)].astype(np.float32)
+                / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+  views = video.three_crops(video.resize_short_side(normalised, 32), 32)
   assert views.shape == (3, 16, 32, 32, 3)
   official = official_forward(sd, views.transpose(0, 4, 1, 2, 3), num_segments=8, shift_div=8, heads=4).sum(0)
   assert np.abs(logits[0] - official).max() <= 1e-4 * np.abs(official).max()
+  before = predict.load(official_small_config(), str(root / "ckpt"))(views).sum(0)  # the same model on those views
+  assert np.abs(logits[0] - before).max() <= 1e-5 * np.abs(before).max()  # within float32 rounding
   lines = result.stdout.strip().splitlines()
   assert lines[0].endswith("clip.mp4 (3 views)") and len(lines) == 4
   best = int(np.argmax(official))

@@ -126,3 +126,31 @@ def test_a_mixup_runs_data_position_counted_in_rows_by_the_older_pipeline_is_res
   older, _ = train_main(tmp_path, "--config.total_steps=3", *mixup)
   assert ("data position saved before mixup mixed groups of augment.mixup_group clips (it counted rows): "
           "order reseeded at step 2") in older
+
+
+def test_a_checkpoint_saved_while_the_next_batch_is_on_the_devices_resumes_with_that_batch(tmp_path, monkeypatch):
+  """The loop places batch k+1 while step k runs (prefetch.py). Saved at step 2 with batch 3 made and placed
+  (held for it here), the checkpoint's data position is the 2 batches the steps took (16 rows), and the run
+  resumed from it ends bitwise where the uninterrupted run ends, with the same losses."""
+  from xvit_jax import prefetch  # pylint: disable=import-outside-toplevel
+  taken_position = prefetch.DevicePrefetch.get_state
+
+  def once_the_next_batch_is_made(self):
+    wait_for(lambda: self.ready.qsize() > 0, run)
+    return taken_position(self)
+
+  class run:  # wait_for's process: running until the test ends
+    poll = staticmethod(lambda: None)
+
+  monkeypatch.setattr(prefetch.DevicePrefetch, "get_state", once_the_next_batch_is_made)
+  steps = ["--config.total_steps=4", "--config.checkpoint_every=2", "--config.eval_every=0", "--config.log_every=1",
+           "--config.checkpoint_keep=3"]
+  train_main(tmp_path / "whole", *steps)
+  state_file = tmp_path / "whole" / "checkpoints" / "2" / "data" / "process_0-of-1.json"
+  assert json.loads(state_file.read_text())["next_index"] == 2 * 8
+  shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+  resumed, _ = train_main(tmp_path / "resumed", *steps)
+  assert "resumed from" in resumed and "(data stream at the saved position)" in resumed and "steps 2..4" in resumed
+  assert_same_params(final_params(tmp_path / "resumed"), final_params(tmp_path / "whole"))
+  assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "whole")

@@ -131,7 +131,7 @@ def _one_step(config, batch):
 
 def _batch(config, size=8):
   m = config.model
-  video = jax.random.normal(jax.random.key(3), (size, m.num_frames, m.image_size, m.image_size, 3))
+  video = jax.random.randint(jax.random.key(3), (size, m.num_frames, m.image_size, m.image_size, 3), 0, 256, jnp.uint8)
   return {"video": video, "label": jnp.arange(size) % m.num_classes}
 
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from xvit_jax import checkpoints, config_lib, optim, sharding, train
+from xvit_jax import checkpoints, config_lib, optim, preprocess, sharding, train
 from xvit_jax import state as state_lib
 from xvit_jax.data import pipeline, sources, synthetic, transforms
 from xvit_jax.errors import UserError
@@ -22,23 +22,29 @@ def batches(config, count, rows=None, mixup=0.4, group=4, global_batch=8):
 
 def test_mixup_mixes_fixed_groups_of_the_global_batch_whoever_reads_them():
   """Groups of mixup_group consecutive rows of the global batch, one lambda and one permutation each, drawn
-  from (seed, step, group): the same batches whether one process reads all rows or two read half each."""
+  from (seed, step, group): the same batches whether one process reads all rows or two read half each. The
+  pipeline sends the clips unmixed (uint8) with the draws; the train step's preprocessing mixes them."""
   config = tiny_config()
   mixed, plain = batches(config, 2), batches(config, 2, mixup=0.0)
   halves = [batches(config, 2, rows=rows) for rows in ((0, 4), (4, 8))]
   for batch, first, second in zip(mixed, *halves):
-    for key in ("video", "label", "mixup_label", "mixup_lam", "bad"):
+    for key in ("video", "label", "mixup_partner", "mixup_label", "mixup_lam", "bad"):
       np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), batch[key])
   lams = set()
+  inputs = jax.jit(preprocess.train_inputs, static_argnums=1)
   for batch, clean in zip(mixed, plain):
+    assert batch["video"].dtype == np.uint8
+    np.testing.assert_array_equal(batch["video"], clean["video"])  # mixed on the device, not here
+    video, clean_video = np.asarray(inputs(batch, 4)), np.asarray(preprocess.normalize(clean["video"]))
     for rows in (slice(0, 4), slice(4, 8)):  # each group: one lambda, partners a permutation of the group
-      lam, video, clean_video = batch["mixup_lam"][rows], batch["video"][rows], clean["video"][rows]
+      lam, video_rows, clean_rows = batch["mixup_lam"][rows], video[rows], clean_video[rows]
       assert np.all(lam == lam[0]) and 0 < lam[0] < 1
       lams.add(float(lam[0]))
-      partners = [int(np.argmin([np.abs(video[i] - lam[0] * clean_video[i] - (1 - lam[0]) * other).max()
-                                 for other in clean_video])) for i in range(4)]
+      partners = [int(np.argmin([np.abs(video_rows[i] - lam[0] * clean_rows[i] - (1 - lam[0]) * other).max()
+                                 for other in clean_rows])) for i in range(4)]
       assert sorted(partners) == [0, 1, 2, 3] and partners != [0, 1, 2, 3]
-      np.testing.assert_allclose(video, lam[0] * clean_video + (1 - lam[0]) * clean_video[partners], atol=1e-6)
+      np.testing.assert_array_equal(batch["mixup_partner"][rows], partners)
+      np.testing.assert_allclose(video_rows, lam[0] * clean_rows + (1 - lam[0]) * clean_rows[partners], atol=1e-6)
       np.testing.assert_array_equal(batch["mixup_label"][rows], clean["label"][rows][partners])
       np.testing.assert_array_equal(batch["label"][rows], clean["label"][rows])
   assert len(lams) == 4  # each group of each step drew its own lambda
@@ -64,11 +70,13 @@ def small_run(config):
 
 def test_the_step_from_the_abstract_state_gives_the_official_mixup_and_smoothing_loss():
   """The step compiled ahead of time from state.abstract (nothing allocated) runs on state.create's state;
-  on a batch mixed by transforms.mixup, with two label heads (EPIC's verb and noun), its loss is the sum
-  over the heads of the official lam * L(y_a) + (1 - lam) * L(y_b), L = timm's LabelSmoothingCrossEntropy;
-  it counts the rows the pipeline marked as replaced bad records."""
+  on uint8 clips with transforms.mixup's draws and erasing boxes, with two label heads (EPIC's verb and noun),
+  its loss is that of the model on the host's old normalised, erased, mixed clips: the sum over the heads of
+  the official lam * L(y_a) + (1 - lam) * L(y_b), L = timm's LabelSmoothingCrossEntropy; it counts the rows
+  the pipeline marked as replaced bad records."""
   config = tiny_config(num_classes=5)
   config.data.label_heads, config.optimizer.label_smoothing, smoothing = "verb:2,noun:3", 0.3, 0.3
+  config.augment.mixup, config.augment.mixup_group = 0.4, 4  # the groups the step mixes within
   mesh, tx, schedule = small_run(config)
   graphdef, abstract, shardings = state_lib.abstract(config, tx, mesh)
   graphdef_created, state, shardings_created = state_lib.create(config, tx, mesh)
@@ -80,10 +88,18 @@ def test_the_step_from_the_abstract_state_gives_the_official_mixup_and_smoothing
 
   m = config.model
   rng = np.random.default_rng(0)
-  clips = [{"video": rng.uniform(-1, 1, (m.num_frames, m.image_size, m.image_size, 3)).astype(np.float32),
-            "label": np.array([i % 2, i % 3], np.int32), "bad": np.int32(i in (2, 7))} for i in range(8)]
+  clips = [{"video": rng.integers(0, 256, (m.num_frames, m.image_size, m.image_size, 3), dtype=np.uint8),
+            "label": np.array([i % 2, i % 3], np.int32), "bad": np.int32(i in (2, 7)),
+            "erase": np.array((i, 2, 5, 3) if i % 2 else (0, 0, 0, 0), np.int32)} for i in range(8)]
   clips = [c for group in (clips[:4], clips[4:]) for c in transforms.mixup(group, np.random.default_rng(1), 0.4)]
   batch = {key: np.stack([c[key] for c in clips]) for key in clips[0]}
+  # the host's old clips: normalised, then the box set to 0, then mixed within the group (float32)
+  host = (batch["video"].astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+  for clip, (top, left, h, w) in zip(host, batch["erase"]):
+    clip[:, top:top + h, left:left + w] = 0
+  partners = np.arange(8) // 4 * 4 + batch["mixup_partner"]
+  lam = batch["mixup_lam"][:, None, None, None, None]
+  host = lam * host + (1 - lam) * host[partners]
   batch_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   step = train.make_train_step(config, graphdef, tx, schedule, shardings=shardings)
   compiled = step.lower(abstract, batch_spec).compile()
@@ -91,7 +107,7 @@ def test_the_step_from_the_abstract_state_gives_the_official_mixup_and_smoothing
   _, metrics = compiled(state, batch)
 
   lam, labels, partner_labels = batch["mixup_lam"].astype(np.float64), batch["label"], batch["mixup_label"]
-  logits = np.asarray(nnx.merge(graphdef, params)(jnp.asarray(batch["video"])), np.float64)
+  logits = np.asarray(nnx.merge(graphdef, params)(jnp.asarray(host)), np.float64)
   official = 0.0
   for head, (lo, hi) in enumerate([(0, 2), (2, 5)]):
     log_p = np.asarray(jax.nn.log_softmax(logits[:, lo:hi]))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xvit_jax.data import transforms, video
+from xvit_jax.data import transforms
 
 T, H, W, S = 4, 64, 80, 48
 
@@ -30,8 +30,8 @@ def test_identical_frames_stay_identical(monkeypatch, multiscale):
   monkeypatch.setattr(transforms, "RESAMPLE", (Image.Resampling.BICUBIC,))
   frames = np.repeat(image()[None], T, axis=0)
   for seed in range(60):
-    out = transforms.augment_clip(frames, np.random.default_rng(seed), multiscale=multiscale,
-                                  short_side_range=(S, S + 20), **ALL_ON)
+    out, _ = transforms.augment_clip(frames, np.random.default_rng(seed), multiscale=multiscale,
+                                     short_side_range=(S, S + 20), **ALL_ON)
     np.testing.assert_array_equal(out, np.repeat(out[:1], T, axis=0), err_msg=f"seed {seed}")
 
 
@@ -57,24 +57,45 @@ def test_reproducible_and_seed_dependent():
     a = transforms.augment_clip(frames, np.random.default_rng(7), **kwargs)
     b = transforms.augment_clip(frames, np.random.default_rng(7), **kwargs)
     c = transforms.augment_clip(frames, np.random.default_rng(8), **kwargs)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
+    for x, y in zip(a, b):  # the frames and the erasing box
+      np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
 
 
 @pytest.mark.parametrize("multiscale", [True, False])
 def test_shapes_dtypes_ranges(multiscale):
   for seed in range(5):
-    out = transforms.augment_clip(clip(), np.random.default_rng(seed), multiscale=multiscale,
-                                  short_side_range=(S, S + 16), **ALL_ON)
-    assert out.shape == (T, S, S, 3) and out.dtype == np.float32
-    assert out.min() >= -1 and out.max() <= 1
+    out, box = transforms.augment_clip(clip(), np.random.default_rng(seed), multiscale=multiscale,
+                                       short_side_range=(S, S + 16), **ALL_ON)
+    assert out.shape == (T, S, S, 3) and out.dtype == np.uint8  # pixels: normalised on the device
+    assert box.shape == (4,) and box.dtype == np.int32
+    top, left, h, w = box
+    assert 0 <= top and top + h <= S and 0 <= left and left + w <= S
 
 
-def test_everything_off_is_the_normalized_crop():
+def test_the_augmentation_draws_are_those_of_the_steps_in_order():
+  """The rng stream of a clip: crop, flip, AutoAugment, then the erasing box (where the host erased after
+  normalising, before the box went to the device): the same clips and boxes for the same seeds."""
+  frames, boxes = clip(), set()
+  for seed in range(20):
+    out, box = transforms.augment_clip(frames, np.random.default_rng(seed), multiscale=True, **ALL_ON)
+    rng = np.random.default_rng(seed)
+    expected = transforms.auto_augment(transforms.flip(transforms.multiscale_crop(frames, rng, S), rng), rng)
+    np.testing.assert_array_equal(out, expected)
+    drawn = transforms.erasing_box(S, S, rng, p=1.0)
+    np.testing.assert_array_equal(box, drawn or (0, 0, 0, 0))
+    boxes.add(tuple(box))
+  assert len(boxes) > 15
+  _, none = transforms.augment_clip(frames, np.random.default_rng(0), image_size=S, erasing_p=0.0)
+  np.testing.assert_array_equal(none, [0, 0, 0, 0])
+
+
+def test_everything_off_is_the_crop():
   frames = clip(height=S, width=S)  # short side already S: no resize, the only crop is the frame
-  out = transforms.augment_clip(frames, np.random.default_rng(0), image_size=S, multiscale=False,
-                                short_side_range=(S, S), flip_p=0, autoaugment=False)
-  np.testing.assert_array_equal(out, video.normalize(frames))
+  out, box = transforms.augment_clip(frames, np.random.default_rng(0), image_size=S, multiscale=False,
+                                     short_side_range=(S, S), flip_p=0, autoaugment=False)
+  np.testing.assert_array_equal(out, frames)
+  np.testing.assert_array_equal(box, [0, 0, 0, 0])
   with pytest.raises(ValueError):
     transforms.augment_clip(frames.astype(np.float32), np.random.default_rng(0), image_size=S)
 
@@ -138,14 +159,13 @@ def test_flip():
   assert 60 < sum(flips) < 140
 
 
-def test_random_erasing():
-  frames = video.normalize(clip(height=S, width=S)) + np.float32(0.001)  # no pixel is exactly 0 before
+def test_random_erasing_boxes():
+  """timm's box: inside the frame, its area and aspect in range (setting it to mid-grey on the device:
+  test_preprocess.py)."""
   erased = 0
   for seed in range(100):
     box = transforms.erasing_box(S, S, np.random.default_rng(seed), p=1.0)
-    out = transforms.random_erasing(frames, np.random.default_rng(seed), p=1.0)
     if box is None:
-      np.testing.assert_array_equal(out, frames)
       continue
     erased += 1
     top, left, h, w = box
@@ -153,11 +173,8 @@ def test_random_erasing():
     # h and w are rounded from sides whose product is the area and whose ratio is the aspect
     assert (h - 0.5) * (w - 0.5) <= S * S / 3 and (h + 0.5) * (w + 0.5) >= 0.02 * S * S
     assert (h + 0.5) / (w - 0.5) >= 0.3 and (h - 0.5) / (w + 0.5) <= 1 / 0.3
-    mask = np.zeros((S, S), bool)
-    mask[top:top + h, left:left + w] = True
-    assert np.all(out[:, mask] == 0) and np.array_equal(out[:, ~mask], frames[:, ~mask])
   assert erased > 80
-  assert transforms.random_erasing(frames, np.random.default_rng(0), p=0.0) is frames
+  assert all(transforms.erasing_box(S, S, np.random.default_rng(seed), p=0.0) is None for seed in range(10))
 
 
 def test_autoaugment_changes_some_clips_and_keeps_shape():

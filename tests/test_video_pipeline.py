@@ -8,8 +8,8 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from conftest import mp4_bytes, tiny_config, write_video
-from xvit_jax import evaluate, sharding
+from conftest import mp4_bytes, tiny_config
+from xvit_jax import evaluate, preprocess, sharding
 from xvit_jax.data import label_heads, pipeline, sources, video
 from xvit_jax.data.builders import common
 from xvit_jax.models import create_model
@@ -32,7 +32,7 @@ def two_frames():
 def video_config():
   c = tiny_config(image_size=32, num_frames=4)
   c.data.name, c.data.sampling, c.data.stride = "kinetics400", "dense", 2
-  c.augment.autoaugment, c.augment.short_side_range = True, (36, 40)
+  c.augment.autoaugment, c.augment.short_side_range, c.augment.random_erasing = True, (36, 40), 0.5
   c.eval.sampling, c.eval.stride, c.eval.temporal_views, c.eval.spatial_crops = "dense", 2, 2, 3
   return c
 
@@ -51,8 +51,9 @@ def test_an_unreadable_record_is_replaced_by_the_next_readable_one_of_the_shuffl
   cfg, source = video_config(), records()
   clip = sources.TrainClip(cfg)
   rows = train_rows(source, clip, 3)  # 12 rows: two epochs of the 6 records
-  assert rows["video"].shape == (12, 4, 32, 32, 3) and rows["video"].dtype == np.float32
-  assert -1 <= rows["video"].min() and rows["video"].max() <= 1
+  assert rows["video"].shape == (12, 4, 32, 32, 3) and rows["video"].dtype == np.uint8  # normalised on the device
+  assert rows["erase"].shape == (12, 4) and rows["erase"].dtype == np.int32
+  assert 0 < (rows["erase"][:, 2] > 0).sum() < 12  # some clips have a box (p = 0.5), some none (zeros)
   order = train_rows([{"n": i} for i in range(6)], lambda record, rng: {"n": np.int32(record["n"])}, 4)["n"]
   broken = [int(p) for p in np.flatnonzero(order == 2)[:2]]  # records()[2]: its position in epochs 0 and 1
   np.testing.assert_array_equal(rows["bad"], np.isin(np.arange(12), broken))
@@ -61,11 +62,11 @@ def test_an_unreadable_record_is_replaced_by_the_next_readable_one_of_the_shuffl
     replaced[2] = source[order[p + 1]]
     expected = train_rows(replaced, clip, 3)
     epoch_rows = slice(6 * epoch, 6 * epoch + 6)
-    for key in ("video", "label"):
+    for key in ("video", "label", "erase"):
       np.testing.assert_array_equal(rows[key][epoch_rows], expected[key][epoch_rows])
     assert not expected["bad"].any()
   halves = [train_rows(source, clip, 3, rows=half) for half in ((0, 2), (2, 4))]
-  for key in ("video", "label", "bad"):
+  for key in ("video", "label", "bad", "erase"):
     np.testing.assert_array_equal(np.concatenate([halves[0][key].reshape(3, 2, *rows[key].shape[1:]),
                                                   halves[1][key].reshape(3, 2, *rows[key].shape[1:])], 1),
                                   rows[key].reshape(3, 4, *rows[key].shape[1:]))
@@ -88,7 +89,8 @@ def test_evaluation_fuses_views_per_video_and_counts_the_unreadable_ones():
   np.testing.assert_array_equal(batches[0]["video"][0], first["video"])
   assert batches[0]["label"][0] == source[0]["label"] and batches[0]["mask"][0] == 1
   # the fused prediction of a video is the sum of its views' logits
-  expected_top1 = np.mean([np.argmax(np.asarray(model(views(r)["video"])).sum(0)) == r["label"]
+  assert batches[0]["video"].dtype == np.float32 and batches[0]["video"].max() > 1  # pixels in [0, 255]
+  expected_top1 = np.mean([np.argmax(np.asarray(model(preprocess.normalize(views(r)["video"]))).sum(0)) == r["label"]
                            for r in source if r["id"] not in ("broken", "two_frames")])
   assert abs(results["eval/top1"] - expected_top1) < 1e-6
 
@@ -106,7 +108,8 @@ def test_epic_style_verb_and_noun_heads():
   results = evaluate.evaluate(evaluate.make_eval_step(graphdef, label_heads(cfg)), params,
                               list(pipeline.eval_dataset(source, global_batch=4, views_fn=views)),
                               lambda b: sharding.global_batch(mesh, b))
-  fused = {r["id"]: np.asarray(model(views(r)["video"])).sum(0) for r in source if r["id"] != "broken"}
+  fused = {r["id"]: np.asarray(model(preprocess.normalize(views(r)["video"]))).sum(0) for r in source
+           if r["id"] != "broken"}
   good = [r for r in source if r["id"] != "broken"]
   verb = np.mean([np.argmax(fused[r["id"]][:2]) == r["verb"] for r in good])
   noun = np.mean([np.argmax(fused[r["id"]][2:]) == r["noun"] for r in good])

@@ -18,7 +18,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from xvit_jax import config_lib, input_benchmark, optim, sharding, train
+from xvit_jax import config_lib, input_benchmark, optim, preprocess, sharding, train
 from xvit_jax import state as state_lib
 from xvit_jax.flops import forward_flops
 from xvit_jax.models import create_model
@@ -81,8 +81,9 @@ def matmul_peak(dtype, size=None, steps=5):
 
 
 def random_batch(config):
+  """A train batch as the pipeline makes it: uint8 pixels (the train step normalises them) and labels."""
   m, b, rng = config.model, config.batch_size, np.random.default_rng(0)
-  return {"video": rng.uniform(-1, 1, (b, m.num_frames, m.image_size, m.image_size, 3)).astype(np.float32),
+  return {"video": rng.integers(0, 256, (b, m.num_frames, m.image_size, m.image_size, 3), dtype=np.uint8),
           "label": rng.integers(0, m.num_classes, b).astype(np.int32)}
 
 
@@ -123,7 +124,7 @@ def train_and_infer_speed(configs, steps):
               "train_clips_per_s": c.batch_size / t, "train_step_gflops": gflops(compiled),
               "train_step_bytes_xla": memory(compiled)} for c, (_, compiled), t in zip(configs, trains, train_s)]
   del trains  # free the train states before the forwards' models (joint attention is large)
-  infers = [forward(c.model, c.dtype, jnp.asarray(random_batch(c)["video"])) for c in configs]
+  infers = [forward(c.model, c.dtype, preprocess.normalize(random_batch(c)["video"])) for c in configs]
   infer_s = median_times([fn for fn, _ in infers], steps)
   for r, c, (_, compiled), t in zip(records, configs, infers, infer_s):
     r.update(infer_s=t, infer_clips_per_s=c.batch_size / t, infer_gflops=gflops(compiled), peak_bytes_so_far=memory())
@@ -146,7 +147,7 @@ def guarded(measure, configs, steps):
 def shift_share(config, steps):
   """Forward time of X-ViT against the same model with shift_layers="none", taking turns; share =
   (xvit - none) / xvit, the fraction of the forward that the space-time mixing itself costs."""
-  video = jnp.asarray(random_batch(config)["video"])
+  video = preprocess.normalize(random_batch(config)["video"])
   models = [ml_collections.ConfigDict({**config.model.to_dict(), "attention": "xvit", "shift_layers": layers})
             for layers in ("all", "none")]
   xvit, none = median_times([forward(model, config.dtype, video)[0] for model in models], steps)

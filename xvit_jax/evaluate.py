@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from xvit_jax import data, fields, sharding
+from xvit_jax import data, fields, preprocess, sharding
 from xvit_jax.data import pipeline, sources
 
 
@@ -26,14 +26,16 @@ def make_eval_step(graphdef, label_heads=None):
   and with several label heads (EPIC) "<head>_top1" / "<head>_top5" for each, "top1"/"top5" then being
   the action: every head right (top-5 over the joint scores, as the EPIC action metric).
 
-  batch["video"] is (B, views, T, H, W, 3): the views' logits are summed per video (the official fusion).
+  batch["video"] is pixels (B, views, T, H, W, 3) in [0, 255] (data.pipeline), normalised here
+  (preprocess.normalize); the views' logits are summed per video (the official fusion).
   label_heads: (heads, bounds) as xvit_jax.data.label_heads gives them; None: one head."""
   heads, bounds = label_heads or (None, None)
 
   @jax.jit
   def eval_step(params, batch):
     b, views = batch["video"].shape[:2]
-    logits = nnx.merge(graphdef, params)(batch["video"].reshape(b * views, *batch["video"].shape[2:]))
+    video = preprocess.normalize(batch["video"].reshape(b * views, *batch["video"].shape[2:]))
+    logits = nnx.merge(graphdef, params)(video)
     logits = logits.reshape(b, views, -1).sum(axis=1)
     mask = batch["mask"]
     labels = batch["label"].reshape(b, -1)

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from xvit_jax import checkpoints, config_lib
+from xvit_jax import checkpoints, config_lib, preprocess
 from xvit_jax.data import label_heads
 from xvit_jax.errors import UserError
 from xvit_jax.metric_writer import read_records
@@ -33,7 +33,7 @@ from xvit_jax.metric_writer import read_records
 FORMAT = "xvit_jax.export/1"
 WEIGHT_DTYPES = ("float32", "bfloat16")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-MEAN = STD = (0.5, 0.5, 0.5)  # of RGB / 255, per channel: clip = (rgb / 255 - mean) / std (video.normalize)
+MEAN, STD = preprocess.MEAN, preprocess.STD  # clip = (rgb / 255 - mean) / std: preprocess.normalize's
 
 
 def card_path(path):
@@ -73,12 +73,12 @@ def export(model, config, weights_dtype="float32", platforms=None):
 
 def check_clips(config, count):
   """`count` clips of the synthetic task's eval set, preprocessed as the model takes them."""
-  from xvit_jax.data import synthetic, video  # pylint: disable=import-outside-toplevel
+  from xvit_jax.data import synthetic  # pylint: disable=import-outside-toplevel
   m = config.model
   source = synthetic.MovingObjects(count, num_frames=m.num_frames, image_size=m.image_size,
                                    num_classes=m.num_classes, object_size=config.data.object_size,
                                    speed=config.data.speed, seed=config.seed + 1_000_003)
-  return np.stack([video.normalize(source[i]["video"]) for i in range(count)])
+  return np.asarray(preprocess.normalize(np.stack([source[i]["video"] for i in range(count)])))
 
 
 def compare(exported, model, clips):

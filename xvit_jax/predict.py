@@ -6,16 +6,18 @@
         [--jsonl-out windows.jsonl] [--timeline timeline.png]
 
 A video file is decoded and cut into views exactly as evaluation does (config.eval: frame sampling,
-short side resized to the crop size without antialiasing, 1 or 3 crops, values in [-1, 1]) and the
-views' logits are summed, as the official test does. A `.npy` input is taken as already preprocessed:
-float32 (T, H, W, 3) or (B, T, H, W, 3), one row of logits per clip.
+short side resized to the crop size without antialiasing, 1 or 3 crops; pixels normalised to [-1, 1] on
+the device by xvit_jax.preprocess, as in evaluation) and the views' logits are summed, as the official test
+does. A `.npy` input is taken as already preprocessed: float32 (T, H, W, 3) or (B, T, H, W, 3) in [-1, 1],
+one row of logits per clip.
 
 --artifact runs a model exported by tools.export instead of a checkpoint (its card gives the config).
 --stride slides over a long video instead: a window every STRIDE seconds (see `windows`), one JSON line
 of top-k classes per window, on stdout or to --jsonl-out, and with --timeline a plot over time.
 
 In Python: `model = predict.load(config, checkpoint_dir)`; `model(batch)` maps a float32 (B, T, H, W, 3)
-batch to logits (B, num_classes), compiled once per input shape.
+batch in [-1, 1] to logits (B, num_classes), compiled once per input shape; `model(views, pixels=True)`
+takes pixels in [0, 255] (as `video_views` gives them) and normalises them first.
 """
 
 import contextlib
@@ -30,16 +32,16 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from xvit_jax import export, labels, state
+from xvit_jax import export, labels, preprocess, state
 from xvit_jax.errors import UserError
 
 
 def load(config, checkpoint_dir=None):
-  """A callable (B, T, H, W, 3) float32 -> logits (B, num_classes) numpy; parameters from the newest
-  checkpoint in `checkpoint_dir`, or initialised from `config.seed` when it is None."""
+  """A callable (B, T, H, W, 3) float32 -> logits (B, num_classes) numpy (see `_checked`); parameters from
+  the newest checkpoint in `checkpoint_dir`, or initialised from `config.seed` when it is None."""
   graphdef, params = nnx.split(state.inference_model(config, checkpoint_dir)[0])
-  forward = jax.jit(lambda p, video: nnx.merge(graphdef, p)(video))
-  return _checked(lambda batch: forward(params, batch), export.input_shape(config))
+  forward = jax.jit(lambda p, video, pixels: nnx.merge(graphdef, p)(_input(video, pixels)), static_argnums=2)
+  return _checked(lambda batch, pixels: forward(params, batch, pixels), export.input_shape(config))
 
 
 def load_artifact(path, config=None):
@@ -49,28 +51,37 @@ def load_artifact(path, config=None):
   if config is None:
     config = export.card_config(card, export.card_path(path))
   export.check_fits(exported, config, path)
-  forward = jax.jit(exported.call)
+  forward = jax.jit(lambda video, pixels: exported.call(_input(video, pixels)), static_argnums=1)
   return _checked(forward, export.input_shape(config)), config, card["labels"]
 
 
+def _input(video, pixels):
+  """The model's input: `video` as it is, or with `pixels` normalised (preprocess.normalize), inside the jit."""
+  return preprocess.normalize(video) if pixels else video
+
+
 def _checked(forward, expected):
-  def predict(batch):
+  """predict(batch, pixels=False): float32 clips (B, T, H, W, 3) in [-1, 1], or with pixels=True RGB pixels
+  in [0, 255] normalised on the device -> logits (B, classes); UserError for a batch of another shape."""
+  def predict(batch, pixels=False):
     batch = np.asarray(batch, np.float32)
     if batch.ndim != 5 or batch.shape[1:] != expected:
       raise UserError(f"input of shape {batch.shape} does not fit the model: it needs (B, {', '.join(map(str, expected))})")
-    return np.asarray(forward(batch))
+    return np.asarray(forward(batch, bool(pixels)))
 
   return predict
 
 
 def video_views(config, path):
-  """(views, T, S, S, 3) float32 of a video file, as config.eval describes (evaluation's own views)."""
+  """(views, T, S, S, 3) float32 pixels in [0, 255] of a video file, as config.eval describes (evaluation's own
+  views)."""
   from xvit_jax.data import sources  # pylint: disable=import-outside-toplevel
   return sources.EvalViews(config).of_file(path)
 
 
 def read_input(config, path):
-  """The clips to classify: (B, T, H, W, 3) and whether they are views of one video (to be fused)."""
+  """The clips to classify: (B, T, H, W, 3) and whether they are views of one video (pixels, to be normalised
+  and fused) rather than a preprocessed .npy (in [-1, 1])."""
   if path.endswith(".npy"):
     if not os.path.isfile(path):
       raise UserError(f"input {path} does not exist")
@@ -99,7 +110,7 @@ def run(config, checkpoint, path, top_k=5, logits_out=None, artifact=None):
   clips, fuse = read_input(config, path)
   if not artifact:
     model, names = load(config, checkpoint), class_names(config)
-  logits = model(clips)
+  logits = model(clips, pixels=fuse)
   if fuse:
     logits = logits.sum(axis=0, keepdims=True)  # the official DATA.ENSEMBLE_METHOD "sum"
   # probabilities of the mean view (summed logits would sharpen the softmax with the number of views)
@@ -147,7 +158,7 @@ def _stream(path):
 
 def windows(config, path, stride):
   """Yields (start_s, end_s, clips) for windows starting every `stride` seconds over the whole video at
-  `path`; clips: (spatial crops, T, S, S, 3), one temporal view.
+  `path`; clips: float32 pixels (spatial crops, T, S, S, 3), one temporal view.
 
   Window k starts at frame round(k * stride * fps). It spans num_frames * eval.stride frames with dense
   sampling (the span the model sees in a clip), `stride` seconds with segment sampling (windows tile the
@@ -186,7 +197,7 @@ def windows(config, path, stride):
     while start(k) <= i and i - start(k) not in wanted:
       k += 1
     if next_k == 0 or start(k) <= i:  # until the first window is out every frame is kept (a short video's)
-      kept[i] = video.resize_short_side(video.normalize(frame[None]), m.image_size)[0]
+      kept[i] = video.resize_short_side(frame[None], m.image_size)[0]
     while i >= video.MIN_FRAMES - 1 and start(next_k) + length - 1 <= i:
       first = start(next_k)
       yield first / fps, (first + length) / fps, clip([kept[first + j] for j in sample(length)])
@@ -213,7 +224,7 @@ def run_windows(config, checkpoint, path, stride, top_k=5, *, artifact=None, jso
   times, all_logits, all_probs = [], [], []
   with open(jsonl_out, "w", encoding="utf-8") if jsonl_out else contextlib.nullcontext(sys.stdout) as out:
     for start_s, end_s, clips in items:
-      logits = model(clips).sum(axis=0)  # the crops fused as predict fuses views
+      logits = model(clips, pixels=True).sum(axis=0)  # the crops fused as predict fuses views
       probs = np.asarray(jax.nn.softmax(logits / len(clips)))
       top = [{"class": names[k], "index": int(k), "prob": round(float(probs[k]), 6)} for k in np.argsort(-probs)[:top_k]]
       print(json.dumps({"start_s": round(start_s, 3), "end_s": round(end_s, 3), "top_k": top}), file=out, flush=True)

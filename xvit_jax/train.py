@@ -4,7 +4,7 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, sharding
+from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, prefetch, preprocess, sharding
 from xvit_jax import state as state_lib
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
@@ -25,9 +25,11 @@ from xvit_jax.metric_writer import MetricWriter, format_duration
 
 
 def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
-  """jit'd (state, batch) -> (state, metrics). With several label heads (EPIC verb and noun) the loss is
-  the sum of the heads' cross-entropies and the accuracy counts clips with every head right. A batch the
-  pipeline mixed (data.transforms.mixup) mixes each row's smoothed targets with its partner's alike.
+  """jit'd (state, batch) -> (state, metrics). The batch holds the pipeline's pixels (uint8, data.pipeline);
+  preprocess.train_inputs makes them the model's input inside the step (normalised, erased, mixed in
+  groups of augment.mixup_group rows). With several label heads (EPIC verb and noun) the loss is the sum
+  of the heads' cross-entropies and the accuracy counts clips with every head right. With mixup each row's
+  smoothed targets are mixed with its partner's alike.
 
   With config.grad_accum_steps = n > 1 the batch is cut into n micro-batches (rows i, i+n, i+2n, ...: each
   spread over all devices) whose gradients are averaged in float32 by a scan, so the step equals one
@@ -60,7 +62,8 @@ def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     dropout_rng, _ = jax.random.split(rng)  # the second key drew mixup when it was done on the device
-    video, labels = batch["video"], batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
+    video = preprocess.train_inputs(batch, config.augment.mixup_group)  # float32 (B, T, S, S, 3) in [-1, 1]
+    labels = batch["label"].reshape(batch["label"].shape[0], -1)  # (B, heads)
     smoothed = lambda y: jnp.concatenate([optax.smooth_labels(jax.nn.one_hot(y[:, g], size), smoothing)
                                           for g, (_, size) in enumerate(heads)], axis=-1)
     targets = smoothed(labels)
@@ -252,8 +255,7 @@ class Run:
   """The parts of a training run that the loop drives."""
   config: ml_collections.ConfigDict
   train_step: Callable  # jit'd (state, global batch) -> (state, metrics)
-  batches: Iterator  # this process's rows of each global train batch, numpy (a grain iterator)
-  to_global: Callable  # those rows -> the global batch, sharded over the mesh
+  batches: prefetch.DevicePrefetch  # the global train batches on the mesh, one placed ahead; the data position
   run_eval: Callable  # params -> {"eval/top1": ..., ...}
   ckpt: ocp.CheckpointManager
   writer: MetricWriter
@@ -268,7 +270,7 @@ def _train_loop(run, state, first_step):
   progress, started, final = Progress(config, writer), time.time(), None
   for step in range(first_step + 1, config.total_steps + 1):
     waiting = time.perf_counter()
-    batch = run.to_global(next(run.batches))
+    batch = next(run.batches)  # placed while the previous step ran: no wait unless the input falls behind
     waiting = time.perf_counter() - waiting
     state, metrics = run.train_step(state, batch)
     progress.add(step, metrics, waiting)
@@ -321,6 +323,7 @@ def _train_or_evaluate(config, workdir, mode, derived):
   ckpt = checkpoints.manager(workdir, keep=config.checkpoint_keep, create=mode == "train")
   writer = MetricWriter(workdir)
   preemption = PreemptionNotice() if mode == "train" else None
+  train_batches = None
   try:
     workers = data_workers(config, writer)
     make_batches = lambda seed: iter(pipeline.train_dataset(
@@ -341,14 +344,15 @@ def _train_or_evaluate(config, workdir, mode, derived):
       return results
 
     train_step = make_train_step(config, graphdef, tx, schedule, shardings=state_shardings)
-    to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     mesh_text = " x ".join(f"{a}={n}" for a, n in mesh.shape.items())
     writer.print(f"training {config.model.attention} X-ViT, {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
                  f"parameters, {jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
     for line in derived:
       writer.print(line)
-    run = Run(config, train_step, train_batches, to_global, run_eval, ckpt, writer, preemption)
+    place = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
+    train_batches = prefetch.DevicePrefetch(train_batches, place, count=config.total_steps - first_step)
+    run = Run(config, train_step, train_batches, run_eval, ckpt, writer, preemption)
     state, final = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)
@@ -362,6 +366,8 @@ def _train_or_evaluate(config, workdir, mode, derived):
       writer.print(f"final model at step {config.total_steps}: {evaluate.summary(final, prefix=False)}")
     return state
   finally:
+    if isinstance(train_batches, prefetch.DevicePrefetch):
+      train_batches.close()
     if preemption is not None:
       preemption.close()
     checkpoints.close(ckpt)

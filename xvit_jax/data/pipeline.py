@@ -8,12 +8,17 @@ iterator state continues with exactly the batches an uninterrupted run would hav
 
 An unreadable record never shifts a batch: its row takes the next readable record of the shuffled order
 (a real clip with its real label) and is counted. Mixup mixes fixed groups of consecutive rows of the
-global batch, with an rng of (seed, step, group), on the host: the same whatever the mesh or processes.
+global batch; its draws (lambda, partners) come from an rng of (seed, step, group), here on the host, and
+the videos are mixed on the device (xvit_jax.preprocess): the same whatever the mesh or processes.
 
-Train batches: {"video": float32 (b, T, H, W, 3), "label": (b,) or (b, heads), "bad": int32 (b,) (1: the
-row's own record was unreadable)}, with mixup also "mixup_label" and "mixup_lam" (transforms.mixup).
-Eval batches: {"video": float32 (b, views, T, H, W, 3), "label", "mask" (1: a real video), "bad" (1: a
-video that could not be read)}; padding fills the last batch so every process runs the same steps.
+Batches hold pixels, not model input: xvit_jax.preprocess turns them into it inside the jit'd steps.
+Train batches: {"video": uint8 (b, T, H, W, 3), "label": (b,) or (b, heads), "bad": int32 (b,) (1: the
+row's own record was unreadable)}, with random erasing also "erase": int32 (b, 4), each clip's box (top,
+left, h, w; zeros: none), and with mixup "mixup_partner" (int32: the row within its group whose video is
+mixed in), "mixup_label" and "mixup_lam" (transforms.mixup).
+Eval batches: {"video": float32 pixels in [0, 255] (b, views, T, H, W, 3), "label", "mask" (1: a real
+video), "bad" (1: a video that could not be read)}; padding fills the last batch so every process runs the
+same steps.
 """
 
 import math
@@ -41,8 +46,8 @@ class _ReadGroup:
 
   The row at global position g is the record at g of the shuffled order through `clip_fn` with an rng
   seeded by (seed, g); if that record is unreadable, the next readable one (g+1, g+2, ...) with the same
-  rng, marked "bad": 1. With mixup (alpha > 0) the group is mixed with an rng seeded by (seed, step, group
-  index). Nothing here depends on which process reads the group, or how many do."""
+  rng, marked "bad": 1. With mixup (alpha > 0) the group's mixup draws (transforms.mixup) come from an rng
+  seeded by (seed, step, group index). Nothing here depends on which process reads the group, or how many do."""
 
   def __init__(self, source, order, clip_fn, seed, global_batch, rows, group, alpha):
     self.source, self.order, self.clip_fn, self.seed = source, order, clip_fn, seed
@@ -99,7 +104,7 @@ def train_dataset(source, *, global_batch, seed, clip_fn, rows=None, workers=0, 
   """Endless stream of this process's `rows` (default: all) of each global batch, reshuffled every
   epoch; `clip_fn(record, rng)` makes one example, or None for an unreadable record, which is replaced
   (see _ReadGroup) and counted in the batch's "bad". With `mixup` (an alpha > 0) each group of
-  `mixup_group` consecutive rows of the global batch is mixed (transforms.mixup); UserError naming
+  `mixup_group` consecutive rows of the global batch draws its mixup (transforms.mixup); UserError naming
   config.augment.mixup_group if it does not divide the batch and this process's rows of it. Deterministic
   in `seed`. Its iterator's get_state()/set_state() resume it exactly (checkpoints save it)."""
   rows = rows or (0, global_batch)

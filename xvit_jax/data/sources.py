@@ -1,5 +1,6 @@
 """Where clips come from: the built-in synthetic task or a dataset prepared by `xvit_jax.data.prepare`,
-and how one record becomes model input (train: decode, sample, augment; eval: the official views).
+and how one record becomes the pixels of a clip (train: decode, sample, augment: uint8; eval: the official
+views: float32 pixels). Normalisation, erasing and mixup happen on the device (xvit_jax.preprocess).
 
 Records of prepared datasets (tfds.data_source) hold {"frames": JPEG files one after another, "frame_ends":
 int64 (num_frames,), "label": int, "id": str, "num_frames": int} (format 2.0.0: only the sampled frames are
@@ -79,8 +80,10 @@ def _unreadable(e):
 
 
 class TrainClip:
-  """record, rng -> {"video": float32 (T, S, S, 3) in [-1, 1], "label": int32}, or None if unreadable (the
-  pipeline then replaces the record)."""
+  """record, rng -> {"video": uint8 (T, S, S, 3), "label": int32, and with augment.random_erasing > 0 "erase":
+  int32 (4,), the box (top, left, h, w) to set to mid-grey after normalisation}, or None if unreadable (the
+  pipeline then replaces the record). Pixels stay uint8 to the device, where xvit_jax.preprocess makes
+  them the model's input. The synthetic task's clips are taken as they are (no augmentation)."""
 
   def __init__(self, config):
     d, m, a = config.data, config.model, config.augment
@@ -89,10 +92,11 @@ class TrainClip:
     self.num_frames, self.image_size, self.sampling, self.stride = m.num_frames, m.image_size, d.sampling, d.stride
     self.augment = dict(multiscale=a.multiscale_crop, short_side_range=tuple(a.short_side_range), flip_p=a.flip,
                         autoaugment=a.autoaugment, erasing_p=a.random_erasing)
+    self.erasing = a.random_erasing > 0
 
   def __call__(self, record, rng):
     if self.synthetic:
-      return {"video": video.normalize(record["video"]), "label": np.int32(record["label"])}
+      return {"video": np.asarray(record["video"], np.uint8), "label": np.int32(record["label"])}
     from xvit_jax.data import transforms  # pylint: disable=import-outside-toplevel
     try:
       frames = stored_frames(record)
@@ -103,13 +107,15 @@ class TrainClip:
       sampled = frames[index]
     except UserError as e:
       return _unreadable(e)
-    clip = transforms.augment_clip(sampled, rng, image_size=self.image_size, **self.augment)
-    return {"video": clip.astype(np.float32), "label": _labels(record, self.fields)}
+    clip, box = transforms.augment_clip(sampled, rng, image_size=self.image_size, **self.augment)
+    return {"video": clip, "label": _labels(record, self.fields), **({"erase": box} if self.erasing else {})}
 
 
 class EvalViews:
-  """record -> {"video": float32 (views, T, S, S, 3), "label": int32, "mask": 1}, mask 0 if unreadable: the
-  views config.eval describes, as evaluation and predict cut them."""
+  """record -> {"video": float32 (views, T, S, S, 3) pixels in [0, 255], "label": int32, "mask": 1}, mask 0 if
+  unreadable: the views config.eval describes, as evaluation and predict cut them. Pixels, not normalised:
+  the official test resize works on floats, so views cannot be uint8; xvit_jax.preprocess.normalize makes
+  them the model's input on the device."""
 
   def __init__(self, config):
     m, e = config.model, config.eval
@@ -122,7 +128,8 @@ class EvalViews:
 
   def __call__(self, record):
     if self.synthetic:
-      return {"video": video.normalize(record["video"])[None], "label": np.int32(record["label"]), "mask": np.float32(1)}
+      return {"video": np.asarray(record["video"], np.float32)[None], "label": np.int32(record["label"]),
+              "mask": np.float32(1)}
     try:
       views = self.of_frames(stored_frames(record))
     except UserError as e:
@@ -131,7 +138,7 @@ class EvalViews:
     return {"video": views, "label": _labels(record, self.fields), "mask": np.float32(1)}
 
   def of_frames(self, frames):
-    """(views, T, S, S, 3) float32 in [-1, 1] of decoded frames (N, H, W, 3) uint8 (or video.JpegFrames)."""
+    """(views, T, S, S, 3) float32 pixels in [0, 255] of decoded frames (N, H, W, 3) uint8 (or video.JpegFrames)."""
     return video.eval_views(frames, **self.kwargs)
 
   def of_file(self, path):

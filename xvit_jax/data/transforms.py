@@ -3,7 +3,8 @@
 numpy and Pillow only (no jax), for data workers. Every random choice is drawn once per clip from an
 explicit np.random.Generator and applied alike to all frames (reference 5.1), so the same seed gives
 the same clip. The only per-frame draw is AutoAugment's resampling filter for geometric ops, as the
-official code does. Frames are (T, H, W, 3); uint8 until `video.normalize`, float32 in [-1, 1] after.
+official code does. Frames stay uint8 (T, H, W, 3): what needs normalised values (the erasing box's
+mid-grey, mixup's blend) is drawn here and applied on the device (xvit_jax.preprocess).
 
 Differences from the official loaders (kinetics.py, ssv2.py) that remain:
   * Order. The official code runs AutoAugment first, on the decoded frames at full resolution
@@ -187,11 +188,15 @@ def auto_augment(frames, rng):
   return frames
 
 
-# --- after normalisation -----------------------------------------------------------------------------
+# --- random erasing: drawn here, applied after normalisation on the device (preprocess.erase) -------
+
+NO_BOX = (0, 0, 0, 0)
+
 
 def erasing_box(height, width, rng, p=0.5, area=(0.02, 1 / 3), min_aspect=0.3):
   """timm RandomErasing's box (top, left, h, w), or None: skipped with probability 1 - p, or when 10
-  tries (area fraction ~ U(area), log-aspect ~ U(+-log min_aspect)) give no box inside the image."""
+  tries (area fraction ~ U(area), log-aspect ~ U(+-log min_aspect)) give no box inside the image. The box
+  is set to 0 (mid-grey) in every normalised frame of the clip (reference 5.3), by preprocess.erase."""
   if rng.random() > p:
     return None
   log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
@@ -204,24 +209,14 @@ def erasing_box(height, width, rng, p=0.5, area=(0.02, 1 / 3), min_aspect=0.3):
   return None
 
 
-def random_erasing(frames, rng, p=0.5, area=(0.02, 1 / 3), min_aspect=0.3):
-  """One `erasing_box` set to 0 (mid-grey after normalisation) in every frame (reference 5.3)."""
-  box = erasing_box(frames.shape[1], frames.shape[2], rng, p, area, min_aspect)
-  if box is None:
-    return frames
-  top, left, h, w = box
-  frames = frames.copy()
-  frames[:, top:top + h, left:left + w] = 0
-  return frames
-
-
 def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(256, 320), flip_p=0.5,
                  autoaugment=True, erasing_p=0.0):
-  """One train clip: uint8 (T, H, W, 3) -> float32 (T, image_size, image_size, 3) in [-1, 1].
+  """One train clip: uint8 (T, H, W, 3) -> (uint8 (T, image_size, image_size, 3), erasing box int32 (4,)).
 
   In order: spatial (`multiscale_crop` if multiscale else `short_side_jitter_crop`), `flip` (if
-  flip_p > 0), `auto_augment` (if enabled), `video.normalize`, `random_erasing` (if erasing_p > 0).
-  Disabled steps draw nothing from `rng`.
+  flip_p > 0), `auto_augment` (if enabled), the `erasing_box` (if erasing_p > 0; (0, 0, 0, 0): none),
+  which preprocess.erase sets to mid-grey after normalisation on the device. Disabled steps draw nothing
+  from `rng`.
   """
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -234,20 +229,19 @@ def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(
     frames = flip(frames, rng, flip_p)
   if autoaugment:
     frames = auto_augment(frames, rng)
-  frames = video.normalize(frames)
-  if erasing_p > 0:
-    frames = random_erasing(frames, rng, erasing_p)
-  return frames
+  box = erasing_box(image_size, image_size, rng, erasing_p) if erasing_p > 0 else None
+  return frames, np.array(box or NO_BOX, np.int32)
 
 
 # --- across clips ------------------------------------------------------------------------------------
 
 def mixup(clips, rng, alpha):
-  """Mixup of one group of train clips (dicts with "video", "label"), as the official code mixes each GPU's
-  batch (reference 5.4): one lambda ~ Beta(alpha, alpha) and one permutation for the group. Clip i's video
-  becomes lambda * video_i + (1 - lambda) * video_perm[i]; its label stays, and its partner's label and
-  lambda come along as "mixup_label" and "mixup_lam", from which the loss mixes the targets alike."""
+  """Mixup's draws for one group of train clips (dicts with "video", "label"), as the official code mixes
+  each GPU's batch (reference 5.4): one lambda ~ Beta(alpha, alpha) and one permutation for the group.
+  Clip i gets its partner's row in the group, "mixup_partner" = perm[i], its label "mixup_label" and
+  "mixup_lam"; on the device (preprocess.mix) its normalised video becomes lambda * video_i +
+  (1 - lambda) * video_perm[i], and the loss mixes the targets alike."""
   lam = np.float32(rng.beta(alpha, alpha))
   perm = rng.permutation(len(clips))
-  return [{**clip, "video": (lam * clip["video"] + (1 - lam) * clips[j]["video"]).astype(np.float32, copy=False),
-           "mixup_label": clips[j]["label"], "mixup_lam": lam} for clip, j in zip(clips, perm)]
+  return [{**clip, "mixup_partner": np.int32(j), "mixup_label": clips[j]["label"], "mixup_lam": lam}
+          for clip, j in zip(clips, perm)]

@@ -235,7 +235,7 @@ def short_side_shape(height, width, size):
   return size, int(math.floor(float(width) / height * size))
 
 
-def resize_short_side(frames, size, *, crop=None, pointwise=None):
+def resize_short_side(frames, size, *, crop=None):
   """Resize (T, H, W, C) so the short side is `size`: float32, as the official test resize (ref. 5.2).
 
   That is SlowFast's `random_short_side_scale_jitter` with min = max = size: frames whose short side
@@ -248,24 +248,22 @@ def resize_short_side(frames, size, *, crop=None, pointwise=None):
 
   crop: (top, left, height, width) of the resized frames to return, computed alone (each output pixel
   is the same float32 arithmetic as in the whole resize, so the result equals resizing then cropping,
-  bit for bit). pointwise: an elementwise map to float32 (e.g. `normalize`) applied to the source pixels;
-  it runs after the taps are gathered, on only the pixels used (equal to mapping the frames first).
+  bit for bit). uint8 frames are gathered before they become float32 (the same numbers, fewer bytes).
   """
   frames = np.asarray(frames)
-  pointwise = pointwise or (lambda x: x.astype(np.float32))
   height, width = frames.shape[1:3]
   new_h, new_w = short_side_shape(height, width, size)
   top, left, out_h, out_w = crop or (0, 0, new_h, new_w)
   if (new_h, new_w) == (height, width):
-    return pointwise(frames[:, top:top + out_h, left:left + out_w])
+    return frames[:, top:top + out_h, left:left + out_w].astype(np.float32)
   xi0, xi1, xw0, xw1 = (a[left:left + out_w] for a in _linear_taps(width, new_w))
   yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
   rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)  # the source rows used
   # channels first, so both passes gather along contiguous axes; products and sums as above, in place
   source = np.ascontiguousarray(frames[:, rows].transpose(0, 3, 1, 2))  # (T, C, rows, W)
-  wide = pointwise(np.take(source, xi0, axis=3))
+  wide = np.take(source, xi0, axis=3).astype(np.float32)
   wide *= xw0
-  other = pointwise(np.take(source, xi1, axis=3))
+  other = np.take(source, xi1, axis=3).astype(np.float32)
   other *= xw1
   wide += other  # (T, C, rows, out_w)
   out = np.take(wide, where[:out_h], axis=2)
@@ -293,22 +291,18 @@ def three_crops(frames, size):
   return np.stack([frames[:, y0:y0 + size, x0:x0 + size] for y0, x0 in offsets])
 
 
-def normalize(frames):
-  """uint8 -> float32 in [-1, 1] as the official tensor_normalize: (x / 255 - 0.5) / 0.5 (ref. 5.1)."""
-  return (np.asarray(frames, np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
-
-
 def eval_views(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1,
                spatial_crops=3):
-  """The official test views of one decoded video: float32 (views, num_frames, S, S, 3) in [-1, 1].
+  """The official test views of one decoded video: float32 pixels (views, num_frames, S, S, 3) in [0, 255].
   `frames`: uint8 (N, H, W, 3), or a video.JpegFrames (then only the sampled frames are decoded).
 
   views = temporal_views * spatial_crops, ordered view by view, each with its crops (left, centre,
   right). sampling "dense" (Kinetics, needs `stride`) or "segment" (SSv2, at most 3 temporal views).
-  Per temporal view: pick frames, normalise, resize the short side to `image_size` (the normalised
-  floats, as the official code), then crop (reference 5.2, 5.3, 8.1 item 11). spatial_crops=1 takes the
-  centre crop of that same resize (the official Kinetics single-crop mode resizes the short side to
-  TRAIN_JITTER_SCALES[0] first instead).
+  Per temporal view: pick frames, resize the short side to `image_size` (in float32, as the official code),
+  then crop (reference 5.2, 5.3, 8.1 item 11); the official code resizes normalised floats, the device
+  normalises after (xvit_jax.preprocess.normalize): the same numbers within float32 rounding, as resizing
+  is linear. spatial_crops=1 takes the centre crop of that same resize (the official Kinetics single-crop
+  mode resizes the short side to TRAIN_JITTER_SCALES[0] first instead).
   """
   if not isinstance(frames, JpegFrames):
     frames = np.asarray(frames)
@@ -328,7 +322,7 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
   picked = frames[np.concatenate(indices)]  # each distinct frame decoded once (JpegFrames)
   views = []
   for k in range(len(indices)):
-    clip = resize_short_side(picked[k * num_frames:(k + 1) * num_frames], image_size, pointwise=normalize)
+    clip = resize_short_side(picked[k * num_frames:(k + 1) * num_frames], image_size)
     crops = three_crops(clip, image_size)
     views.extend(crops if spatial_crops == 3 else crops[1:2])
   return np.stack(views)
