@@ -418,7 +418,7 @@ def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   import nbformat
   from nbclient import NotebookClient
   from official_numpy import official_forward, random_official_state_dict
-  from xvit_jax import labels
+  from xvit_jax import labels, preprocess
   from xvit_jax.data import video
 
   notebook = nbformat.read(LAUNCH / "colab.ipynb", as_version=4)
@@ -466,7 +466,8 @@ def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   names = labels.names("kinetics600")
   printed = [re.fullmatch(r"\s+\d+\.\d\d%  (.+)", line).group(1) for line in lines[1:]]
   assert all(name in names for name in printed)
-  views = video.eval_views(video.decode(tmp_path / "clip.mp4"), num_frames=16, image_size=32, sampling="dense",
-                           stride=16, temporal_views=1, spatial_crops=3)
+  pixels = video.eval_views(video.decode(tmp_path / "clip.mp4"), num_frames=16, image_size=32, sampling="dense",
+                            stride=16, temporal_views=1, spatial_crops=3)
+  views = np.asarray(preprocess.normalize(pixels))  # the model's input, as the device makes it
   official = official_forward(sd, views.transpose(0, 4, 1, 2, 3), num_segments=8, shift_div=8, heads=4).sum(0)
   assert printed[0] == names[int(np.argmax(official))]
