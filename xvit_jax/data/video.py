@@ -274,21 +274,23 @@ def resize_short_side(frames, size, *, crop=None):
   return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
 
 
+def crop_offsets(height, width, size):
+  """The (top, left) of the three crops of `three_crops`: left/centre/right, or top/centre/bottom when H > W."""
+  if min(height, width) < size:
+    raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
+  y, x = math.ceil((height - size) / 2), math.ceil((width - size) / 2)
+  if height > width:
+    return [(0, x), (y, x), (height - size, x)]
+  return [(y, 0), (y, x), (y, width - size)]
+
+
 def three_crops(frames, size):
   """(3, T, size, size, C): left/centre/right crops, or top/centre/bottom when H > W (reference 5.2).
 
   The centre offset is ceil((L - size) / 2), as SlowFast's `uniform_crop`; the other axis is cut at
   its own centre offset. Square frames count as landscape.
   """
-  height, width = frames.shape[1:3]
-  if min(height, width) < size:
-    raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
-  y, x = math.ceil((height - size) / 2), math.ceil((width - size) / 2)
-  if height > width:
-    offsets = [(0, x), (y, x), (height - size, x)]
-  else:
-    offsets = [(y, 0), (y, x), (y, width - size)]
-  return np.stack([frames[:, y0:y0 + size, x0:x0 + size] for y0, x0 in offsets])
+  return np.stack([frames[:, y0:y0 + size, x0:x0 + size] for y0, x0 in crop_offsets(*frames.shape[1:3], size)])
 
 
 def eval_views(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1,
@@ -320,12 +322,13 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
   else:
     raise UserError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
   picked = frames[np.concatenate(indices)]  # each distinct frame decoded once (JpegFrames)
-  views = []
+  views = np.empty((len(indices) * spatial_crops, num_frames, image_size, image_size, 3), np.float32)
   for k in range(len(indices)):
     clip = resize_short_side(picked[k * num_frames:(k + 1) * num_frames], image_size)
-    crops = three_crops(clip, image_size)
-    views.extend(crops if spatial_crops == 3 else crops[1:2])
-  return np.stack(views)
+    offsets = crop_offsets(*clip.shape[1:3], image_size)
+    for c, (y0, x0) in enumerate(offsets if spatial_crops == 3 else offsets[1:2]):
+      views[k * spatial_crops + c] = clip[:, y0:y0 + image_size, x0:x0 + image_size]  # each crop copied once
+  return views
 
 
 def dense_random_indices(num_video_frames, num_frames, stride, rng):
