@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from xvit_jax.data import natural_clips
+from xvit_jax.data.builders import common
 from xvit_jax.data.builders import storage_benchmark as sb
 
 
@@ -17,7 +18,7 @@ def clip():
 
 @pytest.mark.parametrize("gop", [16, 8, 4])
 def test_seeking_h264_gives_the_frames_of_a_whole_decode(clip, gop):
-  data = sb.encode_h264(clip, gop)
+  data = common.encode_h264(clip, gop=gop)
   whole = sb.decode_h264(data)
   assert len(whole) == len(clip)
   for index in ([0, 5, 6, 7, 20, 39], [3, 17, 18, 33], [39]):  # within one keyframe interval, across, the last

@@ -27,6 +27,7 @@ import numpy as np
 
 from xvit_jax import config_lib
 from xvit_jax.data import natural_clips, sources
+from xvit_jax.data.builders import common
 
 TARGETS = {"train_clips_per_s_per_worker": 40, "eval_videos_per_s_per_worker": 15}  # issue 15
 
@@ -119,16 +120,6 @@ def line(r):
           f"{r['train_clips_per_cpu_s']:.1f}, eval {r['eval_videos_per_cpu_s']:.2f})")
 
 
-def encoded_clip(frames=300, height=256, width=340):
-  """The bytes of a natural clip (natural_clips.clip, seed 0, 30 fps) as an h264 mp4 (conftest-free)."""
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "clip.mp4")
-    natural_clips.write(path, natural_clips.clip(0, frames=frames, height=height, width=width), fps=30,
-                        options={"crf": "23", "preset": "veryfast", "g": "16", "sc_threshold": "0"})
-    with open(path, "rb") as f:
-      return f.read()
-
-
 def input_speed(synthetic_config, clips, model_clips_per_s):
   """The full benchmark's input section: clips/s per worker of (a) the synthetic task of `synthetic_config`
   and (b) an encoded 300-frame 340x256 natural clip under the Kinetics recipe (dense 16x16, multi-scale crop,
@@ -136,7 +127,7 @@ def input_speed(synthetic_config, clips, model_clips_per_s):
   frames, size = synthetic_config.model.num_frames, synthetic_config.model.image_size
   kinetics = config_lib.import_file("../configs/k400.py", next_to=__file__).get_config(str(frames))
   kinetics.model.image_size = size
-  mp4 = {"video": encoded_clip(), "label": 0, "id": "clip.mp4"}
+  mp4 = {"video": common.encode_h264(natural_clips.clip(0)), "label": 0, "id": "clip.mp4"}  # 300 x 340x256
   rates = {}
   for name, config, record in (("synthetic", synthetic_config,
                                 sources.source(synthetic_config, "train").__getitem__),

@@ -71,13 +71,14 @@ def encode(frames, *, quality=JPEG_QUALITY):
   return buffer.getvalue(), np.array(ends, np.int64)
 
 
-def encode_h264(frames, *, rate=DEFAULT_RATE):
+def encode_h264(frames, *, rate=DEFAULT_RATE, gop=16):
   """Format 1.0.0: h264 mp4 bytes of RGB uint8 frames (T, H, W, 3), resized to `target_size` (yuv420p,
-  crf 23, a keyframe every 16 frames). Kept for the storage benchmark and for tests of reading old datasets."""
+  crf 23, a keyframe every `gop` frames: 16 as format 1 stored them). Kept for the benchmarks (the storage
+  formats side by side, the full benchmark's input section) and for tests of reading old datasets."""
   height, width = target_size(*frames.shape[1:3])
   buffer = io.BytesIO()
   with av.open(buffer, "w", format="mp4") as container:
-    stream = container.add_stream("libx264", rate=rate, options=X264_OPTIONS)
+    stream = container.add_stream("libx264", rate=rate, options={**X264_OPTIONS, "g": str(gop)})
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     for frame in frames:
       frame = av.VideoFrame.from_ndarray(frame, format="rgb24")

@@ -3,7 +3,7 @@ BENCHMARKS.md, "Input at accelerator speed").
 
 Clips like Kinetics' after preparation (xvit_jax.data.natural_clips: 10 s, 30 fps, 340x256, a natural scene
 under a moving camera, moving objects, sensor noise) stored as
-  (a) h264 mp4 as stored format 1 prepares it (X264_OPTIONS: crf 23, veryfast, a keyframe every 16 frames),
+  (a) h264 mp4 as stored format 1 prepares it (common.X264_OPTIONS: crf 23, veryfast, a keyframe every 16 frames),
       decoding every frame (what a whole-video reader does) or seeking;
   (b) the same h264 with a keyframe every 4 or 8 frames, decoding from the keyframe before each sampled
       frame (and on to the next sampled frame when it is at most a keyframe interval ahead);
@@ -28,23 +28,9 @@ from PIL import Image
 from xvit_jax.data import natural_clips, video
 from xvit_jax.data.builders import common
 
-# the h264 of stored format 1 (one mp4 per video; builders/common.py before format 2)
-X264_OPTIONS = {"crf": "23", "preset": "veryfast", "g": "16", "sc_threshold": "0", "threads": "1"}
 FRAMES, HEIGHT, WIDTH, RATE = 300, 256, 340, 30
 NUM_FRAMES, STRIDE = 16, 16  # configs/k400.py's train clip
 KINETICS_CLIPS = 240_000
-
-
-def encode_h264(clip, gop=16):
-  """h264 mp4 bytes as stored format 1 writes them (X264_OPTIONS), with a keyframe every `gop` frames."""
-  buffer = io.BytesIO()
-  with av.open(buffer, "w", format="mp4") as container:
-    stream = container.add_stream("libx264", rate=RATE, options={**X264_OPTIONS, "g": str(gop)})
-    stream.width, stream.height, stream.pix_fmt = clip.shape[2], clip.shape[1], "yuv420p"
-    for frame in clip:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-    container.mux(stream.encode())
-  return buffer.getvalue()
 
 
 def _open(data):
@@ -121,14 +107,15 @@ def measure(clip, seconds=2.0, seed=0):
     data = encode()
     return data, time.perf_counter() - start
 
-  mp4, seconds_16 = timed(lambda: encode_h264(clip, 16))
+  mp4, seconds_16 = timed(lambda: common.encode_h264(clip, rate=RATE, gop=16))
   whole = decode_h264(mp4)
   assert len(whole) == FRAMES
   rows.append(dict(option="h264 g16 (format 1), decode all", bytes=len(mp4), encode_s=seconds_16,
                    sampled_clips_per_s=_rate(lambda i: decode_h264(mp4), rng, seconds),
                    mean_abs_error=error(whole)))
   for gop in (16, 8, 4):
-    data, encode_s = (mp4, seconds_16) if gop == 16 else timed(lambda g=gop: encode_h264(clip, g))
+    data, encode_s = ((mp4, seconds_16) if gop == 16 else
+                      timed(lambda g=gop: common.encode_h264(clip, rate=RATE, gop=g)))
     index = video.dense_random_indices(FRAMES, NUM_FRAMES, STRIDE, rng)
     sampled = decode_h264_sampled(data, index, gop)
     whole_gop = whole if gop == 16 else decode_h264(data)
