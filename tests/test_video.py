@@ -292,8 +292,9 @@ def test_preparation_streams_a_long_high_resolution_video_in_bounded_memory():
   assert peak < 5 * tile.nbytes + len(data)  # all 40 frames would be 40 x 6.2 MB
 
 
-@pytest.mark.parametrize("shape, size, crop", [((3, 30, 41, 3), 17, (2, 3, 12, 15)), ((2, 41, 30, 3), 20, (5, 0, 20, 9)),
-                                               ((2, 24, 32, 3), 24, (4, 6, 16, 16)), ((2, 20, 26, 3), 33, (0, 9, 33, 33))])
+@pytest.mark.parametrize("shape, size, crop", [
+    ((3, 30, 41, 3), 17, (2, 3, 12, 15)), ((2, 41, 30, 3), 20, (5, 0, 20, 9)),
+    ((2, 24, 32, 3), 24, (4, 6, 16, 16)), ((2, 20, 26, 3), 33, (0, 9, 33, 33))])
 def test_a_cropped_resize_equals_the_whole_resize_cropped_bit_for_bit(shape, size, crop):
   frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
   top, left, h, w = crop

@@ -160,7 +160,8 @@ def test_jpeg_frames_give_the_clips_and_views_of_decoding_the_whole_video():
         np.testing.assert_array_equal(a[key], b[key])
     views = sources.EvalViews(cfg)
     np.testing.assert_array_equal(views(new)["video"], views(old)["video"])
-  damaged = dict(new, frames=new["frames"][:int(new["frame_ends"][0])] + b"\0" * (len(new["frames"]) - int(new["frame_ends"][0])))
+  first_end = int(new["frame_ends"][0])
+  damaged = dict(new, frames=new["frames"][:first_end] + b"\0" * (len(new["frames"]) - first_end))
   assert sources.TrainClip(kinetics)(damaged, np.random.default_rng(0)) is None  # frames 1.. are no JPEGs
   assert sources.EvalViews(kinetics)(damaged)["bad"] == 1
 
