@@ -38,6 +38,7 @@ PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM, what schedulers expect of a proces
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.drop_closed_loop_callbacks()
   logging.set_verbosity(logging.WARNING)  # keep orbax/grain chatter out of the progress lines
   if _MODE.value == "config":
     return print_config(_CONFIG.value)

@@ -16,6 +16,7 @@ from xvit_jax.errors import UserError
 def run(main):
   """absl.app.run(main), printing a UserError as one line on stderr with exit status 2."""
   def guarded(argv):
+    drop_closed_loop_callbacks()
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
@@ -24,6 +25,21 @@ def run(main):
     except UserError as e:
       fail(e)
   app.run(guarded, flags_parser=parse_flags)
+
+
+def drop_closed_loop_callbacks():
+  """Stops tensorstore's late callbacks from printing tracebacks. When an orbax read fails (a damaged
+  checkpoint), orbax closes its event loop while other reads are still in flight; each of those, on
+  finishing, calls the closed loop's call_soon_threadsafe from a C++ thread, and Python prints the
+  RuntimeError through sys.unraisablehook: pages of 'Event loop is closed' before the one-line error
+  (fail() quiets what comes after it). Nothing else is hidden: every other unraisable exception goes to
+  the hook there was. Every command line calls this first."""
+  previous = sys.unraisablehook
+
+  def hook(args):
+    if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+      previous(args)
+  sys.unraisablehook = hook
 
 
 def parse_flags(argv):
@@ -84,6 +100,8 @@ def fail(error):
   print(f"error: {error}", file=sys.stderr, flush=True)
   logging.set_verbosity(logging.FATAL)
   sys.excepthook = sys.unraisablehook = threading.excepthook = lambda *_: None
+  devnull = os.open(os.devnull, os.O_WRONLY)  # what the interpreter's own shutdown prints, past the hooks
+  os.dup2(devnull, sys.stderr.fileno())
   sys.exit(2)
 
 
