@@ -11,6 +11,8 @@ warning, counted in `train/bad_records`: see pipeline.py) and counted in evaluat
 a crash; predict refuses it in one line. The synthetic task has no unreadable records.
 """
 
+import ctypes
+import ctypes.util
 import os
 
 import numpy as np
@@ -75,6 +77,30 @@ def stored_frames(record):
   return frames
 
 
+# glibc's malloc serves a block over 128 KiB (raised as freed ones grow, up to 32 MiB) with a fresh mmap and
+# gives the memory back when it is freed, so every record (a Kinetics clip's is 5 MB) and every frame array
+# comes in untouched pages that the kernel faults in and zeroes one 4 KiB page at a time: measured here, 75%
+# of reading a record and 15-30% of a worker's whole time per clip. A worker instead keeps what it frees for
+# the next record: its memory stays at its peak (tens of MB), the usual price of an allocator that reuses.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
+_kept_in = None
+
+
+def keep_freed_memory():
+  """Makes malloc in this process reuse freed memory rather than return it to the kernel (blocks up to
+  32 MiB from the heap, 1 GiB kept free before trimming); once per process, glibc only (elsewhere nothing
+  happens). Called by TrainClip and EvalViews, so it holds in every data worker."""
+  global _kept_in
+  if _kept_in == os.getpid():
+    return
+  _kept_in = os.getpid()
+  libc = ctypes.util.find_library("c")
+  mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+  if mallopt is not None and hasattr(ctypes.CDLL(libc), "gnu_get_libc_version"):
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
 def _unreadable(e):
   logging.warning("unreadable record: %s", e)
 
@@ -97,6 +123,7 @@ class TrainClip:
   def __call__(self, record, rng):
     if self.synthetic:
       return {"video": np.asarray(record["video"], np.uint8), "label": np.int32(record["label"])}
+    keep_freed_memory()
     from xvit_jax.data import transforms  # pylint: disable=import-outside-toplevel
     try:
       frames = stored_frames(record)
@@ -130,6 +157,7 @@ class EvalViews:
     if self.synthetic:
       return {"video": np.asarray(record["video"], np.float32)[None], "label": np.int32(record["label"]),
               "mask": np.float32(1)}
+    keep_freed_memory()
     try:
       views = self.of_frames(stored_frames(record))
     except UserError as e:
