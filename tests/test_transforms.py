@@ -76,16 +76,23 @@ def test_shapes_dtypes_ranges(multiscale):
 def test_the_augmentation_draws_are_those_of_the_steps_in_order():
   """The rng stream of a clip: crop, flip, AutoAugment, then the erasing box (where the host erased after
   normalising, before the box went to the device): the same clips and boxes for the same seeds."""
-  frames, boxes = clip(), set()
-  for seed in range(20):
-    out, box = transforms.augment_clip(frames, np.random.default_rng(seed), multiscale=True, **ALL_ON)
-    rng = np.random.default_rng(seed)
-    expected = transforms.auto_augment(transforms.flip(transforms.multiscale_crop(frames, rng, S), rng), rng)
-    np.testing.assert_array_equal(out, expected)
-    drawn = transforms.erasing_box(S, S, rng, p=1.0)
-    np.testing.assert_array_equal(box, drawn or (0, 0, 0, 0))
-    boxes.add(tuple(box))
-  assert len(boxes) > 15
+  frames, boxes, flipped = clip(), set(), 0
+  sides = {"multi-scale": None, "short side, resized": (S + 4, S + 10), "short side kept": (H, H)}
+  for kind, side in sides.items():  # Kinetics' crop, SSv2's (resized, or the frames' short side kept)
+    crop = (lambda rng: transforms.multiscale_crop(frames, rng, S)) if side is None else (
+        lambda rng, side=side: transforms.short_side_jitter_crop(frames, rng, S, side))
+    for seed in range(20):
+      out, box = transforms.augment_clip(frames, np.random.default_rng(seed), multiscale=side is None,
+                                         short_side_range=side or (S, S), **ALL_ON)
+      rng = np.random.default_rng(seed)  # the steps one by one, the flip a strided copy of the crop
+      cropped = crop(rng)
+      mirrored = transforms.flip(cropped, rng)
+      flipped += mirrored is not cropped
+      np.testing.assert_array_equal(out, transforms.auto_augment(mirrored, rng), err_msg=f"{kind} {seed}")
+      drawn = transforms.erasing_box(S, S, rng, p=1.0)
+      np.testing.assert_array_equal(box, drawn or (0, 0, 0, 0))
+      boxes.add(tuple(box))
+  assert len(boxes) > 30 and 15 < flipped < 45
   _, none = transforms.augment_clip(frames, np.random.default_rng(0), image_size=S, erasing_p=0.0)
   np.testing.assert_array_equal(none, [0, 0, 0, 0])
 

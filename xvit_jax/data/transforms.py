@@ -54,25 +54,31 @@ def multiscale_box(height, width, size, rng):
   return x, y, crop_w, crop_h
 
 
-def multiscale_crop(frames, rng, size):
+def multiscale_crop(frames, rng, size, flip_p=0.0):
   """Kinetics train crop, the official `random_scale_and_resize` (reference 5.2): uint8 (T, size, size, 3).
 
   Crop the `multiscale_box` (aspect ratio may change) and resize every frame to size x size with PIL
-  bilinear (PIL's resize antialiases when it shrinks), as the official code does on PIL images.
+  bilinear (PIL's resize antialiases when it shrinks), as the official code does on PIL images. With
+  flip_p > 0 the clip's flip is drawn next and done on the resized PIL images: the pixels of
+  `flip(multiscale_crop(frames, rng, size), rng, flip_p)`, without a strided copy of the clip.
   """
   height, width = frames.shape[1:3]
   x, y, crop_w, crop_h = multiscale_box(height, width, size, rng)
+  mirror = _draw_flip(rng, flip_p)
   crops = frames[:, y:y + crop_h, x:x + crop_w]
-  return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR))
-                   for f in crops])
+  images = (Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR) for f in crops)
+  if mirror:
+    images = (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images)
+  return np.stack([np.asarray(image) for image in images])
 
 
-def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320)):
+def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320), flip_p=0.0):
   """SSv2 train crop (reference 5.3): short side to a random length, then a random size x size crop.
 
   As SlowFast: length = int(round(uniform(low, high))) (so each end is half as likely as an inner
   value), resized as `video.resize_short_side` (torch bilinear, no antialias); the crop offset is
-  randint(0, L - size) with the upper bound excluded, 0 when L == size. Returns uint8.
+  randint(0, L - size) with the upper bound excluded, 0 when L == size. Returns uint8. With flip_p > 0
+  the clip's flip is drawn next and the crop is resized mirrored: `flip` of the crop, bit for bit.
   """
   low, high = short_side_range
   length = int(round(rng.uniform(low, high)))
@@ -81,12 +87,18 @@ def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320)):
     raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
   y = int(rng.integers(0, height - size)) if height > size else 0
   x = int(rng.integers(0, width - size)) if width > size else 0
-  crop = video.resize_short_side(frames, length, crop=(y, x, size, size))  # only the crop is computed
+  mirror = _draw_flip(rng, flip_p)
+  crop = video.resize_short_side(frames, length, crop=(y, x, size, size), mirror=mirror)  # only the crop
   return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
 
 
+def _draw_flip(rng, p):
+  return p > 0 and rng.random() < p
+
+
 def flip(frames, rng, p=0.5):
-  """Horizontal flip of the whole clip with probability p (SlowFast `horizontal_flip`)."""
+  """Horizontal flip of the whole clip with probability p (SlowFast `horizontal_flip`). `augment_clip`
+  draws it inside the crop instead (the same draw, the same pixels, no strided copy of the clip)."""
   return np.ascontiguousarray(frames[:, :, ::-1]) if rng.random() < p else frames
 
 
@@ -221,12 +233,10 @@ def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
-  if multiscale:
-    frames = multiscale_crop(frames, rng, image_size)
+  if multiscale:  # the flip is drawn right after the crop, and done while cropping
+    frames = multiscale_crop(frames, rng, image_size, flip_p)
   else:
-    frames = short_side_jitter_crop(frames, rng, image_size, short_side_range)
-  if flip_p > 0:
-    frames = flip(frames, rng, flip_p)
+    frames = short_side_jitter_crop(frames, rng, image_size, short_side_range, flip_p)
   if autoaugment:
     frames = auto_augment(frames, rng)
   box = erasing_box(image_size, image_size, rng, erasing_p) if erasing_p > 0 else None

@@ -235,7 +235,7 @@ def short_side_shape(height, width, size):
   return size, int(math.floor(float(width) / height * size))
 
 
-def resize_short_side(frames, size, *, crop=None):
+def resize_short_side(frames, size, *, crop=None, mirror=False):
   """Resize (T, H, W, C) so the short side is `size`: float32, as the official test resize (ref. 5.2).
 
   That is SlowFast's `random_short_side_scale_jitter` with min = max = size: frames whose short side
@@ -249,14 +249,16 @@ def resize_short_side(frames, size, *, crop=None):
   crop: (top, left, height, width) of the resized frames to return, computed alone (each output pixel
   is the same float32 arithmetic as in the whole resize, so the result equals resizing then cropping,
   bit for bit). uint8 frames are gathered before they become float32 (the same numbers, fewer bytes).
+  mirror: the result flipped left to right (each column computed as without it, then placed mirrored).
   """
   frames = np.asarray(frames)
   height, width = frames.shape[1:3]
   new_h, new_w = short_side_shape(height, width, size)
   top, left, out_h, out_w = crop or (0, 0, new_h, new_w)
+  columns = slice(left + out_w - 1, left - 1 if left else None, -1) if mirror else slice(left, left + out_w)
   if (new_h, new_w) == (height, width):
-    return frames[:, top:top + out_h, left:left + out_w].astype(np.float32)
-  xi0, xi1, xw0, xw1 = (a[left:left + out_w] for a in _linear_taps(width, new_w))
+    return frames[:, top:top + out_h, columns].astype(np.float32)
+  xi0, xi1, xw0, xw1 = (a[columns] for a in _linear_taps(width, new_w))
   yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
   rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)  # the source rows used
   # channels first, so both passes gather along contiguous axes; products and sums as above, in place
