@@ -42,7 +42,7 @@ def test_every_section_has_positive_numbers(run):
     assert s["xvit_forward_s"] > 0 and s["no_shift_forward_s"] > 0 and math.isfinite(s["share"])
   inp = results["input"]
   assert inp["model_train_clips_per_s"] > 0
-  assert {s["source"] for s in inp["sources"]} == {"synthetic", "mp4_kinetics"}
+  assert {s["source"] for s in inp["sources"]} == {"synthetic", "jpeg_kinetics", "mp4_kinetics"}
   assert all(s["clips_per_s"] > 0 and s["workers_needed"] >= 1 for s in inp["sources"])
   for title in ("## Model cost", "## Speed", "## The shift", "## Input"):
     assert title in stdout

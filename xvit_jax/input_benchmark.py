@@ -122,16 +122,20 @@ def line(r):
 
 def input_speed(synthetic_config, clips, model_clips_per_s):
   """The full benchmark's input section: clips/s per worker of (a) the synthetic task of `synthetic_config`
-  and (b) an encoded 300-frame 340x256 natural clip under the Kinetics recipe (dense 16x16, multi-scale crop,
-  flip, AutoAugment) at its frames and image size, and the workers the model needs."""
+  and (b) a 300-frame 340x256 natural clip under the Kinetics recipe (dense 16x16, multi-scale crop, flip,
+  AutoAugment) at its frames and image size, as a record of today's prepared format (JPEG frames) and of
+  format 1.0.0 (h264), and the workers the model needs."""
   frames, size = synthetic_config.model.num_frames, synthetic_config.model.image_size
   kinetics = config_lib.import_file("../configs/k400.py", next_to=__file__).get_config(str(frames))
   kinetics.model.image_size = size
-  mp4 = {"video": common.encode_h264(natural_clips.clip(0)), "label": 0, "id": "clip.mp4"}  # 300 x 340x256
+  natural = natural_clips.clip(0)  # 300 x 340x256
+  data, ends = common.encode(iter(natural))
+  jpeg = {"frames": data, "frame_ends": ends, "label": 0, "id": "clip", "num_frames": len(ends)}
+  mp4 = {"video": common.encode_h264(natural), "label": 0, "id": "clip.mp4"}
   rates = {}
   for name, config, record in (("synthetic", synthetic_config,
                                 sources.source(synthetic_config, "train").__getitem__),
-                               ("mp4_kinetics", kinetics, lambda i: mp4)):
+                               ("jpeg_kinetics", kinetics, lambda i: jpeg), ("mp4_kinetics", kinetics, lambda i: mp4)):
     clip_fn = sources.TrainClip(config)  # what a worker runs per clip: read, decode, sample, augment
     clip_fn(record(0), np.random.default_rng(0))  # warm-up
     start = time.perf_counter()
