@@ -1,7 +1,7 @@
 """`config.profile_steps=START:COUNT`: a jax.profiler trace of train steps START..START+COUNT-1.
 
-Process 0 writes it into WORKDIR/profile/plugins/profile/<time>/: <host>.xplane.pb for TensorBoard's
-profile plugin (`tensorboard --logdir WORKDIR/profile`) and perfetto_trace.json.gz for ui.perfetto.dev;
+Process 0 writes it into WORKDIR/profile/plugins/profile/<time>/: <host>.xplane.pb for XProf, TensorBoard's
+profile plugin (`xprof --logdir WORKDIR/profile`), and perfetto_trace.json.gz for ui.perfetto.dev;
 each step of the run is a `train` step annotation (step_num) in it. The other processes of a multi-host
 run take no trace (their devices run the same program). The trace starts after the step before START is
 ready, so it holds only its steps, and stops once the last of them is ready.
@@ -49,7 +49,7 @@ class Profile:
     elif self.steps:
       start, count = self.steps
       writer.print(f"profiling steps {start}..{start + count - 1} into {self.directory} "
-                   f"(tensorboard --logdir {self.directory}, or its perfetto_trace.json.gz in ui.perfetto.dev)")
+                   f"(xprof or tensorboard --logdir {self.directory}; perfetto_trace.json.gz for ui.perfetto.dev)")
     if jax.process_index() != 0:  # process 0 alone takes the trace
       self.steps = None
 
