@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import last_line, main_config, read_metrics, run_main, train_main
-from xvit_jax import flops, goodput
+from xvit_jax import flops, goodput, profiling
 
 
 def test_the_split_counts_the_devices_time_not_the_hosts_waits():
@@ -94,6 +94,18 @@ def test_mfu_time_shares_and_a_trace_of_the_chosen_steps(tmp_path):
   resumed, _ = train_main(tmp_path, "--config.total_steps=7", *args[1:])
   assert "config.profile_steps=3:2: this run starts at step 7, past step 3: no trace is taken" in resumed
   assert trace_steps(tmp_path) == [[3, 4]]
+
+
+def test_only_process_0_takes_a_trace(tmp_path, monkeypatch):
+  """The other processes of a multi-host run neither trace nor wait for their steps to take one."""
+  printed, waits = [], []
+  writer = type("Writer", (), {"print": lambda self, line: printed.append(line)})()
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  profile = profiling.Profile(main_config("--config.profile_steps=1:1"), str(tmp_path), 0, writer)
+  profile.before(1, lambda: waits.append(1))
+  profile.after(1, jnp.ones(()))
+  profile.close()
+  assert waits == [] and not os.listdir(tmp_path)
 
 
 def test_bad_peak_or_profile_steps_stop_the_run_in_one_line(tmp_path):
