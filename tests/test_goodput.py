@@ -48,7 +48,7 @@ def test_the_step_clock_notes_each_step_ready_without_the_loop_waiting():
   assert not clock._thread.is_alive()  # pylint: disable=protected-access
 
 
-SHARES = [name for name in goodput.NAMES.values()]
+SHARES = list(goodput.NAMES.values())
 
 
 def trace_steps(workdir):
