@@ -57,6 +57,11 @@ BAD = [
     ({"optimizer.base_learning_rate": 0.0}, "config.optimizer.base_learning_rate=0.0", "positive number"),
     ({"total_steps": None}, "config.total_steps=None", "set it, or config.epochs to derive it"),
     ({"total_steps": None, "epochs": 2, "data.train_videos": 3}, "config.batch_size=4", "at most data.train_videos=3"),
+    ({"peak_flops_per_device": -1e12}, "config.peak_flops_per_device=-1000000000000.0", "or 0: from the table"),
+    ({"peak_flops_per_device": float("nan")}, "config.peak_flops_per_device=nan", "FLOP/s per device > 0"),
+    ({"profile_steps": "3-2"}, "config.profile_steps='3-2'", "START:COUNT, two positive integers"),
+    ({"profile_steps": "0:2"}, "config.profile_steps='0:2'", "START:COUNT, two positive integers"),
+    ({"profile_steps": "4:2"}, "config.profile_steps='4:2'", "within 1..total_steps=4"),
 ]
 
 

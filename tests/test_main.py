@@ -33,6 +33,10 @@ def test_train_log_evaluate_checkpoint_and_resume(tmp_path):
       f"loss {final['final/loss']:.4f} | videos 10 | skipped 0")
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+  # on the CPU, with no peak FLOP/s set: the time shares but no MFU; no profile unless asked
+  assert "MFU not logged: no peak FLOP/s known for device kind 'cpu' (set --config.peak_flops_per_device)" in first
+  assert "train/mfu" not in records[1] and records[1]["train/step_time_fraction"] > 0
+  assert not (tmp_path / "profile").exists()
 
   resumed, _ = train_main(tmp_path, "--config.total_steps=6")
   assert "steps 4..6" in resumed

@@ -8,12 +8,13 @@ runs before anything is built, so a wrong value stops the run with one line nami
 """
 
 import importlib.util
+import math
 import os
 
 import ml_collections
 from ml_collections import config_dict
 
-from xvit_jax import data, evaluate, fields, models, optim, sharding
+from xvit_jax import data, evaluate, fields, models, optim, profiling, sharding
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -40,6 +41,8 @@ def base_config():
   c.grad_accum_steps = 1  # micro-batches per step: each device runs batch_size / (shards * this) clips at once
   c.init_from = ""  # pretrained weights: a checkpoint dir, Google ViT .npz, timm/official state dict; "scratch": none
   c.requires_init = False  # True (the paper recipes): a fresh training run must set init_from (weights or "scratch")
+  c.peak_flops_per_device = 0.0  # bf16 FLOP/s of one device, for train/mfu; 0: chips.py's table by device kind
+  c.profile_steps = ""  # "START:COUNT": a jax.profiler trace of those steps in workdir/profile (profiling.py)
   c.model = models.default_config()
   c.data = data.default_config()
   c.data.train_videos = config_dict.placeholder(int)  # the training split's nominal size, for steps_per_epoch only
@@ -60,6 +63,11 @@ def check(config, num_devices):
   if config.nonfinite not in ("stop", "skip"):
     fields.fail("nonfinite", config.nonfinite, "stop (end the run at the first NaN/Inf step) or skip (count it, go on)")
   fields.non_negative(config, "log_every", "eval_every", "checkpoint_every")
+  peak = fields.find(config, "peak_flops_per_device")
+  if peak is not None and (not isinstance(peak, (int, float)) or isinstance(peak, bool) or not 0 <= peak < math.inf):
+    fields.fail("peak_flops_per_device", peak, "a number of FLOP/s per device > 0 (e.g. 989e12), or 0: from the "
+                "table of device kinds in xvit_jax/chips.py")
+  profiling.steps(config)
   models.check_config(config)
   data.check_config(config)
   evaluate.check_config(config)

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from xvit_jax import checkpoints, config_lib, distributed, evaluate, optim, prefetch, preprocess, sharding
+from xvit_jax import checkpoints, config_lib, distributed, evaluate, goodput, optim, prefetch, preprocess, profiling
+from xvit_jax import sharding
 from xvit_jax import state as state_lib
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.convert import pretrained
@@ -194,21 +195,25 @@ def data_workers(config, writer):
 
 class Progress:
   """Per-step metrics kept on the device until a log step; throughput timed from the first log step on
-  (the first interval holds compilation); non-finite steps found and, with config.nonfinite="stop", fatal."""
+  (the first interval holds compilation), and where each interval's wall time went (goodput.py: train
+  steps, input, evaluation, checkpoints, logging) with MFU; non-finite steps found and, with
+  config.nonfinite="stop", fatal."""
 
-  def __init__(self, config, writer):
+  def __init__(self, config, writer, flops_per_step=None, peak_per_device=None):
     self.config, self.writer = config, writer
+    self.flops_per_step, self.peak_per_device = flops_per_step, peak_per_device
     self.pending, self.timer_start, self.timed_steps = [], None, 0
-    self.input_wait, self.interval_start, self.excluded = 0.0, None, 0.0
+    self.interval = goodput.Interval(goodput.StepClock())
 
-  def add(self, step, metrics, input_wait=0.0):
-    """`input_wait`: the seconds this step waited for its batch (made and placed on the devices)."""
+  def add(self, step, metrics, wait_start, dispatched):
+    """Step `step` was dispatched at `dispatched` (time.perf_counter), after waiting for its batch since
+    `wait_start`; `metrics` are its outputs."""
     self.pending.append((step, metrics))
-    self.input_wait += input_wait
+    self.interval.add(wait_start, dispatched, metrics)
 
-  def exclude(self, seconds):
-    """Time outside training steps (evaluation, checkpoints): not part of the input-wait fraction."""
-    self.excluded += seconds
+  def timed(self, kind):
+    """Context timing the loop's own work of `kind` (goodput.WORK: eval, checkpoint, log)."""
+    return self.interval.timed(kind)
 
   def check_finite(self, ckpt):
     """UserError naming the first step whose loss or gradients were NaN/Inf, if nonfinite="stop"."""
@@ -223,31 +228,38 @@ class Progress:
                       f"{'none' if latest is None else f'step {latest}'} (--config.nonfinite=skip skips such steps instead)")
 
   def log(self, step):
-    """The mean of each metric since the last log step (the running count of non-finite steps as it is)."""
+    """The mean of each metric since the last log step (the running count of non-finite steps as it is),
+    and, after the first log step, the interval's shares of wall time, mean step time and MFU."""
     metrics = jax.device_get([m for _, m in self.pending])
     record = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
     record["train/nonfinite_steps"] = float(metrics[-1]["train/nonfinite_steps"])
     if "train/bad_records" in record:  # a count over the steps since the last log
       record["train/bad_records"] = float(np.sum([m["train/bad_records"] for m in metrics]))
-    self.pending, now = [], time.time()
+    self.interval.wait_for_steps()
+    self.pending, now = [], time.perf_counter()
+    record.update(self.interval.close(now, self.flops_per_step, jax.device_count(), self.peak_per_device))
     if self.timer_start is None:
       self.timer_start, self.timed_steps = now, step
       clips_per_sec = float("nan")
     else:
       clips_per_sec = (step - self.timed_steps) * self.config.batch_size / (now - self.timer_start)
       record["train/clips_per_sec"] = clips_per_sec
-      # the share of the interval's wall time the loop waited for input: the devices idle for want of clips
-      training = now - self.interval_start - self.excluded
-      record["train/input_wait_fraction"] = min(1.0, self.input_wait / training) if training > 0 else 0.0
-    self.input_wait, self.interval_start, self.excluded = 0.0, now, 0.0
     total = self.config.total_steps
     eta = (total - step) * self.config.batch_size / clips_per_sec if clips_per_sec > 0 else float("nan")
     skipped = f" | {record['train/nonfinite_steps']:.0f} non-finite steps skipped" if record["train/nonfinite_steps"] else ""
-    waited = record.get("train/input_wait_fraction")
-    waited = "" if waited is None else f" | input wait {100 * waited:.0f}%"
+    shares = ""
+    if "train/step_time_fraction" in record:
+      shares = (f" | input wait {100 * record['train/input_wait_fraction']:.0f}% | step time "
+                f"{100 * record['train/step_time_fraction']:.0f}%")
+    mfu = f" | MFU {100 * record['train/mfu']:.1f}%" if "train/mfu" in record else ""
     self.writer.print(f"step {step}/{total} | loss {record['train/loss']:.4f} | acc {record['train/accuracy']:.3f} | "
-                      f"{clips_per_sec:.1f} clips/s | ETA {format_duration(eta) if eta == eta else '?'}{waited}{skipped}")
+                      f"{clips_per_sec:.1f} clips/s | ETA {format_duration(eta) if eta == eta else '?'}{shares}{mfu}"
+                      f"{skipped}")
+    self.interval.work["log"] = time.perf_counter() - now  # the next interval's: the devices wait for it
     return record
+
+  def close(self):
+    self.interval.clock.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,45 +272,58 @@ class Run:
   ckpt: ocp.CheckpointManager
   writer: MetricWriter
   preemption: PreemptionNotice
+  profile: profiling.Profile  # config.profile_steps
+  flops_per_step: float | None  # model FLOPs of one train step, for train/mfu (None: not logged)
+  peak_per_device: float | None  # peak FLOP/s of one device
 
 
 def _train_loop(run, state, first_step):
-  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint; on a preemption notice save and raise.
-  (state, final): the evaluation at the last step is the final model's, also recorded as final/* (None
-  when no step was left to train)."""
+  """Steps first_step+1 .. total_steps: log, evaluate, checkpoint, profile; on a preemption notice save and
+  raise. (state, final): the evaluation at the last step is the final model's, also recorded as final/*
+  (None when no step was left to train)."""
   config, ckpt, writer = run.config, run.ckpt, run.writer
-  progress, started, final = Progress(config, writer), time.time(), None
-  for step in range(first_step + 1, config.total_steps + 1):
-    waiting = time.perf_counter()
-    batch = next(run.batches)  # placed while the previous step ran: no wait unless the input falls behind
-    waiting = time.perf_counter() - waiting
-    state, metrics = run.train_step(state, batch)
-    progress.add(step, metrics, waiting)
-    last = step == config.total_steps
-    preempted = run.preemption.reached(step)
-    saving = preempted or last or (config.checkpoint_every and step % config.checkpoint_every == 0)
-    logging_step = last or step % (config.log_every or config.total_steps) == 0
-    record = {}
-    if logging_step or saving:
-      progress.check_finite(ckpt)
-    if logging_step:
-      record = progress.log(step)
-    other_work = time.perf_counter()
-    if last or (config.eval_every and step % config.eval_every == 0):
-      results = run.run_eval(state["params"])
-      record.update(results)
-      writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
-                   f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
-      if last:  # the final parameters on the whole eval split: the run's result (one evaluation serves both)
-        final = evaluate.final(results)
-        record.update(final)
-    writer.write(step, record)
-    if saving:
-      state_lib.save(ckpt, step, state, run.batches, record, force=preempted)
-    progress.exclude(time.perf_counter() - other_work)
-    if preempted:
-      checkpoints.wait(ckpt)
-      raise Preempted(step, ckpt.directory)
+  progress = Progress(config, writer, run.flops_per_step, run.peak_per_device)
+  started, final = time.time(), None
+  try:
+    for step in range(first_step + 1, config.total_steps + 1):
+      run.profile.before(step, progress.interval.wait_for_steps)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        waiting = time.perf_counter()
+        batch = next(run.batches)  # placed while the previous step ran: no wait unless the input falls behind
+        dispatched = time.perf_counter()
+        state, metrics = run.train_step(state, batch)
+      progress.add(step, metrics, waiting, dispatched)
+      run.profile.after(step, metrics)
+      last = step == config.total_steps
+      preempted = run.preemption.reached(step)
+      saving = preempted or last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+      logging_step = last or step % (config.log_every or config.total_steps) == 0
+      record = {}
+      if logging_step or saving:
+        progress.check_finite(ckpt)
+      if logging_step:
+        record = progress.log(step)
+      if last or (config.eval_every and step % config.eval_every == 0):
+        with progress.timed("eval"):
+          results = run.run_eval(state["params"])
+          record.update(results)
+          writer.print(f"eval at step {step}: top1 {results['eval/top1']:.4f} | top5 {results['eval/top5']:.4f} | "
+                       f"loss {results['eval/loss']:.4f} | {format_duration(time.time() - started)} elapsed")
+        if last:  # the final parameters on the whole eval split: the run's result (one evaluation serves both)
+          final = evaluate.final(results)
+          record.update(final)
+      if record:
+        with progress.timed("log"):
+          writer.write(step, record)
+      if saving:
+        with progress.timed("checkpoint"):
+          state_lib.save(ckpt, step, state, run.batches, record, force=preempted)
+      if preempted:
+        checkpoints.wait(ckpt)
+        raise Preempted(step, ckpt.directory)
+  finally:
+    run.profile.close()
+    progress.close()
   return state, final
 
 
@@ -350,9 +375,12 @@ def _train_or_evaluate(config, workdir, mode, derived):
                  f"{mesh_text}, steps {first_step}..{config.total_steps}")
     for line in derived:
       writer.print(line)
+    flops_per_step, peak, line = goodput.model_flops(config, jax.devices())
+    writer.print(line)
+    profile = profiling.Profile(config, workdir, first_step, writer)
     place = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
     train_batches = prefetch.DevicePrefetch(train_batches, place, count=config.total_steps - first_step)
-    run = Run(config, train_step, train_batches, run_eval, ckpt, writer, preemption)
+    run = Run(config, train_step, train_batches, run_eval, ckpt, writer, preemption, profile, flops_per_step, peak)
     state, final = _train_loop(run, state, first_step)
     checkpoints.wait(ckpt)
     best = checkpoints.best_step(ckpt)

@@ -45,12 +45,19 @@ def drop_closed_loop_callbacks():
 def parse_flags(argv):
   """absl's flag parsing (app.run's flags_parser), where a config file that cannot be read, or a
   --config.FIELD override of a field the config does not have, ends in one line and exit status 2 (not
-  in ml_collections' traceback, raised while the flags are parsed, before main runs)."""
+  in ml_collections' traceback, raised while the flags are parsed, before main runs), as does an override
+  whose value its field's type cannot hold (--config.batch_size=abc)."""
   try:
-    rest = app.parse_flags_with_usage(argv)
+    rest = flags.FLAGS(argv)
   except (AttributeError, KeyError, OSError):  # ml_collections applying an override, before FLAGS holds it
     _check_config_flags(argv, overrides=True)
     raise
+  except flags.Error as e:
+    if isinstance(e, flags.IllegalFlagValueError) and re.match(r"flag --?[\w-]+\.", str(e)):  # --config.FIELD=
+      fail(UserError(str(e).splitlines()[0]))
+    # the other flags' mistakes as absl.app.parse_flags_with_usage ends them (it cannot parse them again)
+    sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
   _check_config_flags(argv, overrides=False)
   return rest
 
