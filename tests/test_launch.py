@@ -471,3 +471,51 @@ def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   views = np.asarray(preprocess.normalize(pixels))  # the model's input, as the device makes it
   official = official_forward(sd, views.transpose(0, 4, 1, 2, 3), num_segments=8, shift_div=8, heads=4).sum(0)
   assert printed[0] == names[int(np.argmax(official))]
+
+
+STAND_IN_PIP = """import json, os, sys
+args = sys.argv[1:]
+files = {a: open(b).read().split() for a, b in zip(args, args[1:]) if a in ("-r", "-c")}
+with open(os.environ["PIP_CALLS"], "a") as f:
+  f.write(json.dumps({"args": args, "requirements": files.get("-r", []), "constraints": files.get("-c", [])}) + "\\n")
+"""
+
+
+def test_colab_install_adds_only_what_the_runtime_lacks_and_never_touches_the_kernels_packages(tmp_path):
+  """The install cell as Colab runs it (INSTALL = True), with a stand-in for `python -m pip` that records what it
+  is asked, on a repository whose requirements.txt pins versions this environment does not have (as Colab's
+  preinstalled ones differ): everything but the packages Colab's kernel has loaded, which stay at their present
+  versions (constraints); a requirement already met is not asked for."""
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  import nbformat  # pylint: disable=import-outside-toplevel
+  notebook = nbformat.read(LAUNCH / "colab.ipynb", as_version=4)
+  [install] = [c for c in notebook.cells if c.get("id") == "install"]
+  (tmp_path / "pip").mkdir()
+  (tmp_path / "pip" / "__init__.py").write_text("")
+  (tmp_path / "pip" / "__main__.py").write_text(STAND_IN_PIP)
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  pins = [line.split("#")[0].strip() for line in Path(REPO, "requirements.txt").read_text().splitlines()
+          if line.split("#")[0].strip()]
+  other = [pin.split("==")[0] + "==999.0" for pin in pins]  # none of them installed at that version
+  met = f"pytest=={metadata.version('pytest')}"  # installed at that version
+  (repo / "requirements.txt").write_text("\n".join(["# a comment", *other, met + "  # met already"]) + "\n")
+  parameters = f"INSTALL = True\nREPO_DIR = {str(repo)!r}\nREPO_URL = ''\nACCELERATOR = 'cpu'\n"
+  calls = tmp_path / "calls.jsonl"
+  env = dict(os.environ, PYTHONPATH=str(tmp_path), PIP_CALLS=str(calls))
+  result = subprocess.run([sys.executable, "-c", parameters + install.source], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  [call] = [json.loads(line) for line in calls.read_text().splitlines()]
+  assert call["args"][:2] == ["install", "-q"]
+  kernel = {"ipykernel", "ipython", "numpy", "pillow", "matplotlib"}
+  assert {"numpy", "pillow", "matplotlib"} <= {pin.split("==")[0] for pin in pins}
+  assert call["requirements"] == [pin for pin in other if pin.split("==")[0].lower() not in kernel]
+  present = {}
+  for name in kernel:
+    try:
+      present[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  assert {"ipykernel", "ipython", "numpy", "pillow"} <= set(present), "the test environment has the kernel's packages"
+  assert sorted(call["constraints"]) == sorted(f"{name}=={version}" for name, version in present.items())
