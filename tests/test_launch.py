@@ -344,10 +344,11 @@ def test_slurm_directives():
 def test_slurm_dry_run_prints_the_srun_line():
   result = subprocess.run(["bash", str(SBATCH)], capture_output=True, text=True, timeout=30, env=clean_env(
       DRY_RUN=1, SLURM_SUBMIT_DIR=REPO, SLURM_GPUS_PER_NODE="h100:4", WORKDIR="/shared/ckpt", DATA_DIR="/shared/tfds",
-      EXTRA_FLAGS="--config.dtype=bfloat16 --config.grad_accum_steps=2"))
+      EXTRA_FLAGS="--config.dtype=bfloat16 --config.grad_accum_steps=2", SLURM_CPUS_PER_TASK=32))
   assert result.returncode == 0, result.stderr
+  # srun does not inherit sbatch's --cpus-per-task since Slurm 22.05: it is passed on, or the data workers starve
   assert shlex.split(result.stdout) == [
-      "JAX_LOCAL_DEVICE_IDS=0,1,2,3", "srun", f"{REPO}/.venv/bin/python", "-m", "xvit_jax.main",
+      "JAX_LOCAL_DEVICE_IDS=0,1,2,3", "srun", "--cpus-per-task=32", f"{REPO}/.venv/bin/python", "-m", "xvit_jax.main",
       "--config=configs/k400.py", "--workdir=/shared/ckpt", "--config.data.data_dir=/shared/tfds",
       "--config.dtype=bfloat16", "--config.grad_accum_steps=2"]
   no_workdir = subprocess.run(["bash", str(SBATCH)], capture_output=True, text=True, timeout=30,
