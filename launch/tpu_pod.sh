@@ -170,8 +170,20 @@ stop() {
 
 logs() {
   run mkdir -p "$LOCAL_LOGS"
-  # every host has its own file names (train-HOSTNAME.*), so the copies land side by side
-  run gcloud compute tpus tpu-vm scp --recurse "$TPU_NAME:$REMOTE_LOGS" "$LOCAL_LOGS" "${GCLOUD_FLAGS[@]}" --worker=all
+  # gcloud refuses --worker=all when copying to this machine ("cannot target multiple workers while copying
+  # files to client"): one copy per host, their number from the TPU's network endpoints (with DRY_RUN=1 the
+  # query is printed and DRY_RUN_HOSTS [2] answers it). Every host has its own file names
+  # (train-HOSTNAME.*), so the copies land side by side.
+  local describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${GCLOUD_FLAGS[@]}"
+                  "--format=value(networkEndpoints.len())")
+  local hosts
+  if [ "${DRY_RUN:-0}" = 1 ]; then show "${describe[@]}"; hosts=${DRY_RUN_HOSTS:-2}; else hosts=$("${describe[@]}"); fi
+  [[ $hosts =~ ^[1-9][0-9]*$ ]] || die "$TPU_NAME: cannot tell its number of hosts (got '$hosts')"
+  local worker
+  for ((worker = 0; worker < hosts; worker++)); do
+    run gcloud compute tpus tpu-vm scp --recurse "$TPU_NAME:$REMOTE_LOGS" "$LOCAL_LOGS" "${GCLOUD_FLAGS[@]}" \
+      --worker="$worker"
+  done
 }
 
 delete() {

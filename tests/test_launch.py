@@ -33,7 +33,7 @@ SETTINGS = {"TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT"
             "MOUNT_DIR", "CONFIG", "WORKDIR", "DATA_DIR", "EXTRA_FLAGS", "REPO_URL", "REPO_REF", "LOCAL_LOGS",
             "CLUSTER", "WORKLOAD", "ACCELERATOR", "NUM_SLICES", "NUM_NODES", "STORAGE", "MAX_RESTARTS",
             "GRACE_SECONDS", "BASE_IMAGE", "STAGE_DIR", "REPO_DIR", "PYTHON", "MAX_REQUEUES", "JAX_EXTRA",
-            "PYTHON_VERSION", "DRY_RUN", "JAX_LOCAL_DEVICE_IDS"}
+            "PYTHON_VERSION", "DRY_RUN", "JAX_LOCAL_DEVICE_IDS", "DRY_RUN_HOSTS"}
 
 
 def clean_env(**settings):
@@ -225,10 +225,15 @@ def test_tpu_pod_train_with_a_bucket_mounts_it_first_and_refuses_an_unshared_wor
 
 
 def test_tpu_pod_logs_and_delete():
-  [mkdir, scp] = printed_commands("tpu_pod.sh", "logs", LOCAL_LOGS="/tmp/somewhere", **TPU)
+  # gcloud refuses --worker=all when copying to the client: one scp per host, as many as the TPU has
+  [mkdir, describe, *scps] = printed_commands("tpu_pod.sh", "logs", LOCAL_LOGS="/tmp/somewhere", DRY_RUN_HOSTS=3, **TPU)
   assert mkdir == ["mkdir", "-p", "/tmp/somewhere"]
-  assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
-  assert "--recurse" in scp and "--worker=all" in scp and ["pod1:xvit_logs", "/tmp/somewhere"] == scp[6:8]
+  assert describe[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "pod1"]
+  assert "--format=value(networkEndpoints.len())" in describe
+  assert [flag(scp, "worker") for scp in scps] == ["0", "1", "2"]
+  for scp in scps:
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
+    assert "--recurse" in scp and ["pod1:xvit_logs", "/tmp/somewhere"] == scp[6:8]
   [delete] = printed_commands("tpu_pod.sh", "delete", **TPU)
   assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "pod1"] and "--quiet" in delete
   [delete] = printed_commands("tpu_pod.sh", "delete", QUEUED=1, **TPU)
@@ -254,6 +259,27 @@ def test_gke_xpk_tpu_workload(tmp_path):
   assert shlex.split(flag(create, "command")) == [
       "python", "-m", "xvit_jax.main", "--config=configs/k400.py", "--workdir=/gcs/xvit/xvit",
       "--config.data.data_dir=/gcs/tfds", "--config.dtype=bfloat16"]
+
+
+def test_gke_xpk_writes_the_workdir_to_the_bucket_and_knows_tpu7x(tmp_path):
+  _, create = printed_commands("gke_xpk.sh", "create", CLUSTER="c1", PROJECT="p1", STORAGE="xvit-gcs", BUCKET="b1",
+                               ACCELERATOR="tpu7x-128", STAGE_DIR=tmp_path / "stage")
+  assert flag(create, "tpu-type") == "tpu7x-128" and flag(create, "num-slices") == "1"  # not the GPU branch
+  assert flag(create, "base-docker-image") == "gcr.io/p1/xvit-jax-tpu:latest"
+  command = shlex.split(flag(create, "command"))
+  assert "--workdir=gs://b1/xvit/xvit" in command and "--config.data.data_dir=/gcs/tfds" in command
+
+
+def test_the_documented_xpk_storage_attach_has_a_size_and_mounts_the_data_read_only():
+  """current xpk requires --size for gcsfuse storage; the mount only serves data, the workdir is gs://."""
+  texts = {"gke_xpk.sh": (LAUNCH / "gke_xpk.sh").read_text(), "README.md": (LAUNCH / "README.md").read_text()}
+  for name, text in texts.items():
+    attach = re.findall(r"xpk storage attach .*?(?:--auto-mount=\S+)", text.replace("\\\n", " "), re.S)
+    assert attach, name
+    for command in attach:
+      words = command.replace("#", " ").split()
+      assert re.fullmatch(r"--size=\d+", next(w for w in words if w.startswith("--size"))), (name, command)
+      assert "--readonly=true" in words, (name, command)
 
 
 def test_gke_xpk_gpu_workload_gives_the_trainer_its_coordinator(tmp_path):
