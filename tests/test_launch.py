@@ -152,7 +152,7 @@ def test_vm_setup_installs_the_pinned_jax_for_the_accelerator(tmp_path):
     assert f"{REPO}/.venv/bin/pip install -U 'jax[{extra}]=={JAX_PIN}'" in lines
     assert not any("gcsfuse" in line for line in lines)  # no BUCKET, no mount
   mount = printed_commands("vm_setup.sh", "mount", BUCKET="my-bucket", MOUNT_DIR=tmp_path / "gcs")
-  assert mount[-1] == ["gcsfuse", "--implicit-dirs", "my-bucket", str(tmp_path / "gcs")]
+  assert mount[-1] == ["gcsfuse", "--implicit-dirs", "-o", "ro", "my-bucket", str(tmp_path / "gcs")]  # data only
   bad = dry_run("vm_setup.sh", "install", JAX_EXTRA="rocm")
   assert bad.returncode == 2 and "JAX_EXTRA must be tpu, cuda12 or cpu" in bad.stderr
 
@@ -218,7 +218,10 @@ def test_tpu_pod_train_with_a_bucket_mounts_it_first_and_refuses_an_unshared_wor
   [train] = printed_commands("tpu_pod.sh", "train", BUCKET="my-bucket", **TPU)
   remote = flag(train, "command")
   assert "cd xvit_jax && BUCKET=my-bucket MOUNT_DIR=/mnt/gcs bash launch/vm_setup.sh mount && " in remote
-  assert "--workdir=/mnt/gcs/xvit/pod1 --config.data.data_dir=/mnt/gcs/tfds" in remote
+  # the workdir goes to the bucket through orbax (no rename on a mount), the data through the read-only mount
+  assert "--workdir=gs://my-bucket/xvit/pod1 --config.data.data_dir=/mnt/gcs/tfds" in remote
+  in_mount = dry_run("tpu_pod.sh", "train", BUCKET="my-bucket", WORKDIR="/mnt/gcs/ckpt", **TPU)
+  assert in_mount.returncode == 2 and "WORKDIR=/mnt/gcs/ckpt is in the bucket's read-only mount" in in_mount.stderr
   unshared = dry_run("tpu_pod.sh", "train", **TPU)  # the default workdir is in the bucket, and there is none
   assert unshared.returncode == 2 and unshared.stdout == ""
   assert "WORKDIR=/mnt/gcs/xvit/pod1 is under MOUNT_DIR but no BUCKET is set" in unshared.stderr
@@ -226,7 +229,8 @@ def test_tpu_pod_train_with_a_bucket_mounts_it_first_and_refuses_an_unshared_wor
 
 def test_tpu_pod_logs_and_delete():
   # gcloud refuses --worker=all when copying to the client: one scp per host, as many as the TPU has
-  [mkdir, describe, *scps] = printed_commands("tpu_pod.sh", "logs", LOCAL_LOGS="/tmp/somewhere", DRY_RUN_HOSTS=3, **TPU)
+  [mkdir, describe, *scps] = printed_commands("tpu_pod.sh", "logs", LOCAL_LOGS="/tmp/somewhere", DRY_RUN_HOSTS=3,
+                                              **TPU)
   assert mkdir == ["mkdir", "-p", "/tmp/somewhere"]
   assert describe[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "pod1"]
   assert "--format=value(networkEndpoints.len())" in describe
