@@ -115,8 +115,10 @@ image() {
   # the build context is only requirements.txt and the Dockerfile (not .venv, data or workdirs)
   # shellcheck disable=SC2016  # $1.. are bash -c's arguments
   local build='tar -C "$1" -c requirements.txt launch/Dockerfile'
+  # linux/amd64 whatever this machine is (on Apple silicon plain docker build makes an arm64 image, on which
+  # xpk's own linux/amd64 layer would then be built)
   # shellcheck disable=SC2016
-  build+=' | docker build -f launch/Dockerfile --build-arg JAX_EXTRA="$2" -t "$3" -'
+  build+=' | docker build --platform=linux/amd64 -f launch/Dockerfile --build-arg JAX_EXTRA="$2" -t "$3" -'
   run bash -c "$build" build "$REPO_ROOT" "$JAX_EXTRA" "$BASE_IMAGE"
   run docker push "$BASE_IMAGE"
 }

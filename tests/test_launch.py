@@ -309,7 +309,7 @@ def test_gke_xpk_gpu_workload_gives_the_trainer_its_coordinator(tmp_path):
 
 def test_gke_xpk_image_list_delete_and_mistakes():
   build, push = printed_commands("gke_xpk.sh", "image", PROJECT="p1", ACCELERATOR="a100-40gb-8")
-  assert build[:2] == ["bash", "-c"] and "docker build -f launch/Dockerfile" in build[2]
+  assert build[:2] == ["bash", "-c"] and "docker build --platform=linux/amd64 -f launch/Dockerfile" in build[2]
   assert build[4:] == [REPO, "cuda12", "gcr.io/p1/xvit-jax-cuda12:latest"]
   assert push == ["docker", "push", "gcr.io/p1/xvit-jax-cuda12:latest"]
   # the Dockerfile installs the jax that requirements.txt pins
