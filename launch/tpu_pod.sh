@@ -155,6 +155,9 @@ train() {
     steps+=("BUCKET=$(show "$BUCKET") MOUNT_DIR=$(show "$MOUNT_DIR") bash launch/vm_setup.sh mount")
   fi
   steps+=("if $(trainer_alive "$files"); then echo \"\$(hostname): already running\"; exit 1; fi")
+  # no trainer of ours runs: a process still holding the chips (a killed run's leftover, a notebook) or a
+  # stale libtpu lock file would make the new one fail with "TPU in use", as maxtext clears them too
+  steps+=("{ sudo -n fuser -k -9 /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; sudo -n rm -f /tmp/libtpu_lockfile 2>/dev/null; true; }")
   steps+=("{ nohup $(show "${args[@]}") >> $files.log 2>&1 < /dev/null & echo \$! > $files.pid; echo \"\$(hostname): started, pid \$!\"; }")
   local command
   command=$(printf ' && %s' "${steps[@]}")

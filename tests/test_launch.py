@@ -171,6 +171,9 @@ def test_tpu_pod_train_starts_the_same_command_on_every_host_and_stop_signals_it
   assert "--worker=all" in train and flag(train, "zone") == "us-central2-b"
   remote = flag(train, "command")
   assert "nohup .venv/bin/python -m xvit_jax.main --config=configs/k600.py --workdir=/shared/ckpt/k600" in remote
+  # once no trainer of ours runs, stale users of the chips go first (a leftover process, libtpu's lock file)
+  alive, clear, start = (remote.index(s) for s in ("already running", "fuser -k -9 /dev/accel*", "nohup"))
+  assert alive < clear < start and "rm -f /tmp/libtpu_lockfile" in remote
 
   # what each host runs: here, with a stand-in trainer that records how it was started and waits
   home = tmp_path / "home"
