@@ -141,6 +141,27 @@ def test_a_workdir_that_cannot_rename_directories_is_refused_before_training_nam
   assert saved_steps(tmp_path) == [2]
 
 
+def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, monkeypatch):
+  """As on a gcsfuse mount made read-only for data: creating anything in the workdir fails with EROFS."""
+  makedirs = os.makedirs
+
+  def read_only(path, *args, exist_ok=False, **kwargs):
+    if exist_ok and os.path.isdir(path):  # as mkdir answers on a read-only mount: EEXIST
+      return
+    if str(path).startswith(str(tmp_path)):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    makedirs(path, *args, exist_ok=exist_ok, **kwargs)
+
+  monkeypatch.setattr(os, "makedirs", read_only)
+  from xvit_jax import workdir  # pylint: disable=import-outside-toplevel
+  with pytest.raises(UserError, match=f"^workdir {tmp_path} cannot be written \\(Read-only file system\\)$"):
+    with workdir.exclusive(str(tmp_path)):
+      pass
+  with pytest.raises(UserError, match=f"^workdir {tmp_path}/run cannot be created \\(Read-only file system\\)$"):
+    with workdir.exclusive(str(tmp_path / "run")):
+      pass
+
+
 def test_a_resumed_run_writes_its_metrics_after_a_line_cut_short_by_a_kill(tmp_path):
   from xvit_jax import metric_writer  # pylint: disable=import-outside-toplevel
   (tmp_path / "metrics.jsonl").write_text('{"step": 2, "train/loss": 1.5}\n{"step": 3, "train/lo')

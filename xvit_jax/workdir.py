@@ -48,7 +48,10 @@ def exclusive(workdir, active=True):
     with object_lock.exclusive(workdir):
       yield
   else:
-    os.makedirs(workdir, exist_ok=True)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"workdir {workdir} cannot be created ({e.strerror or e})") from None
     with _file_lock(workdir):
       check_renames(workdir)
       yield
@@ -62,9 +65,12 @@ def check_renames(workdir):
       os.remove(os.path.join(leftover, "file"))
     with contextlib.suppress(FileNotFoundError):
       os.rmdir(leftover)
-  os.makedirs(source)
-  with open(os.path.join(source, "file"), "w"):
-    pass
+  try:
+    os.makedirs(source)
+    with open(os.path.join(source, "file"), "w"):
+      pass
+  except OSError as e:  # a read-only mount, a full disk, no permission
+    raise UserError(f"workdir {workdir} cannot be written ({e.strerror or e})") from None
   try:
     os.rename(source, target)
   except OSError as e:
@@ -80,7 +86,11 @@ def check_renames(workdir):
 @contextlib.contextmanager
 def _file_lock(workdir):
   path = os.path.join(workdir, LOCK_FILE)
-  with open(path, "a+") as f:
+  try:
+    f = open(path, "a+")  # pylint: disable=consider-using-with  # closed by the with below
+  except OSError as e:
+    raise UserError(f"workdir {workdir} cannot be written ({e.strerror or e})") from None
+  with f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
