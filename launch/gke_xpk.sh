@@ -7,11 +7,11 @@
 #     project's registry (gcloud auth configure-docker)
 #   - a GKE cluster made with xpk (xpk cluster create --cluster=CLUSTER --tpu-type=v5litepod-16 ...,
 #     or --device-type=h100-80gb-8 for GPUs)
-#   - a bucket attached to the cluster as xpk storage, mounted in every pod at MOUNT_DIR, e.g.
-#       xpk storage attach xvit-gcs --cluster=CLUSTER --type=gcsfuse --bucket=BUCKET \
-#         --mount-point=/gcs --readonly=false --auto-mount=false
-#     (WORKDIR and DATA_DIR must be on it, or on another filesystem every pod sees), holding the data
-#     prepared with python -m xvit_jax.data.prepare
+#   - a bucket: the workdir goes straight to it (WORKDIR=gs://BUCKET/xvit/WORKLOAD: orbax writes checkpoints
+#     to Cloud Storage itself, no mount), and the data prepared with python -m xvit_jax.data.prepare is
+#     read from it through xpk storage mounted read-only in every pod at MOUNT_DIR (--size is required):
+#       xpk storage attach xvit-gcs --cluster=CLUSTER --type=gcsfuse --bucket=BUCKET --size=64 \
+#         --mount-point=/gcs --readonly=true --auto-mount=false
 #   - this repository as a git checkout (its tracked and untracked, not ignored files go into the image)
 #
 # Usage: launch/gke_xpk.sh COMMAND
@@ -28,7 +28,10 @@
 #                                such as h100-80gb-8 (one pod per node, driving its 8 GPUs)
 #   NUM_SLICES [1] (TPU)  NUM_NODES [1] (GPU)
 #   STORAGE [none]  MOUNT_DIR [/gcs]   the xpk storage to mount and where it is mounted
-#   CONFIG [configs/k400.py]  WORKDIR [$MOUNT_DIR/xvit/$WORKLOAD]  DATA_DIR [$MOUNT_DIR/tfds, "" for none]
+#   BUCKET [none]  the Cloud Storage bucket of the workdir
+#   CONFIG [configs/k400.py]  WORKDIR [gs://$BUCKET/xvit/$WORKLOAD; without BUCKET $MOUNT_DIR/xvit/$WORKLOAD,
+#                             which then needs a writable mount with --rename-dir-limit]
+#   DATA_DIR [$MOUNT_DIR/tfds, "" for none]
 #   EXTRA_FLAGS [none]           more flags for python -m xvit_jax.main (e.g. --config.dtype=bfloat16)
 #   MAX_RESTARTS [10]            JobSet restarts after a failure or preemption; each restart resumes
 #   GRACE_SECONDS [120]          time a pod has after SIGTERM to save its checkpoint
@@ -46,7 +49,7 @@ PROJECT=${PROJECT:-}
 ZONE=${ZONE:-}
 ACCELERATOR=${ACCELERATOR:-v5litepod-16}
 case "$ACCELERATOR" in
-  v[0-9]*) KIND=tpu; JAX_EXTRA=tpu ;;
+  v[0-9]* | tpu[0-9]*) KIND=tpu; JAX_EXTRA=tpu ;;  # v5litepod-16, v6e-256, tpu7x-128
   *) KIND=gpu; JAX_EXTRA=cuda12 ;;
 esac
 NUM_SLICES=${NUM_SLICES:-1}
@@ -54,7 +57,9 @@ NUM_NODES=${NUM_NODES:-1}
 STORAGE=${STORAGE:-}
 MOUNT_DIR=${MOUNT_DIR:-/gcs}
 CONFIG=${CONFIG:-configs/k400.py}
-WORKDIR=${WORKDIR:-$MOUNT_DIR/xvit/$WORKLOAD}
+BUCKET=${BUCKET:-}
+if [ -n "$BUCKET" ]; then WORKDIR=${WORKDIR:-gs://$BUCKET/xvit/$WORKLOAD}
+else WORKDIR=${WORKDIR:-$MOUNT_DIR/xvit/$WORKLOAD}; fi
 DATA_DIR=${DATA_DIR-$MOUNT_DIR/tfds}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
 MAX_RESTARTS=${MAX_RESTARTS:-10}
@@ -110,8 +115,10 @@ image() {
   # the build context is only requirements.txt and the Dockerfile (not .venv, data or workdirs)
   # shellcheck disable=SC2016  # $1.. are bash -c's arguments
   local build='tar -C "$1" -c requirements.txt launch/Dockerfile'
+  # linux/amd64 whatever this machine is (on Apple silicon plain docker build makes an arm64 image, on which
+  # xpk's own linux/amd64 layer would then be built)
   # shellcheck disable=SC2016
-  build+=' | docker build -f launch/Dockerfile --build-arg JAX_EXTRA="$2" -t "$3" -'
+  build+=' | docker build --platform=linux/amd64 -f launch/Dockerfile --build-arg JAX_EXTRA="$2" -t "$3" -'
   run bash -c "$build" build "$REPO_ROOT" "$JAX_EXTRA" "$BASE_IMAGE"
   run docker push "$BASE_IMAGE"
 }

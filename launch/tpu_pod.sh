@@ -7,8 +7,9 @@
 #   - your SSH key in the agent: ssh-add ~/.ssh/google_compute_engine (gcloud needs it for --worker=all;
 #     the first `gcloud compute tpus tpu-vm ssh` creates the key)
 #   - a place every host sees for WORKDIR (checkpoints) and DATA_DIR (data prepared with
-#     python -m xvit_jax.data.prepare): a Cloud Storage bucket in the TPU's region (BUCKET, mounted with
-#     gcsfuse on every host by `install`), or your own shared filesystem (set WORKDIR and DATA_DIR)
+#     python -m xvit_jax.data.prepare): a Cloud Storage bucket in the TPU's region (BUCKET: the workdir is
+#     gs://BUCKET/xvit/TPU_NAME, written by orbax itself; the data is read through a read-only gcsfuse
+#     mount on every host, made by `install`), or your own shared filesystem (set WORKDIR and DATA_DIR)
 #   - this repository as a git checkout (install copies its tracked and untracked, not ignored files),
 #     or REPO_URL: a git URL every host can clone
 #
@@ -30,7 +31,7 @@
 #                    v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e]
 #   QUEUED [0]  SPOT [0]          same as create's --queued and --spot; give delete the same QUEUED
 #   BUCKET [none]  MOUNT_DIR [/mnt/gcs]
-#   CONFIG [configs/k400.py]  WORKDIR [$MOUNT_DIR/xvit/$TPU_NAME]  DATA_DIR [$MOUNT_DIR/tfds, "" for none]
+#   CONFIG [configs/k400.py]  WORKDIR [gs://$BUCKET/xvit/$TPU_NAME]  DATA_DIR [$MOUNT_DIR/tfds, "" for none]
 #   EXTRA_FLAGS [none]            more flags for python -m xvit_jax.main, e.g.
 #                                 "--config.dtype=bfloat16 --config.init_from=/mnt/gcs/ViT-B_16.npz"
 #   REPO_URL [none: copy this checkout]  REPO_REF [main]  LOCAL_LOGS [./tpu_logs/$TPU_NAME]
@@ -55,7 +56,8 @@ SPOT=${SPOT:-0}
 BUCKET=${BUCKET:-}
 MOUNT_DIR=${MOUNT_DIR:-/mnt/gcs}
 CONFIG=${CONFIG:-configs/k400.py}
-WORKDIR=${WORKDIR:-$MOUNT_DIR/xvit/$TPU_NAME}
+if [ -n "$BUCKET" ]; then WORKDIR=${WORKDIR:-gs://$BUCKET/xvit/$TPU_NAME}
+else WORKDIR=${WORKDIR:-$MOUNT_DIR/xvit/$TPU_NAME}; fi
 DATA_DIR=${DATA_DIR-$MOUNT_DIR/tfds}
 EXTRA_FLAGS=${EXTRA_FLAGS:-}
 REPO_URL=${REPO_URL:-}
@@ -82,12 +84,15 @@ on_all_hosts() {
 }
 
 check_shared_paths() {
-  if [ -z "$BUCKET" ]; then
-    case "$WORKDIR" in
-      "$MOUNT_DIR"/*) die "WORKDIR=$WORKDIR is under MOUNT_DIR but no BUCKET is set: set BUCKET," \
-                          "or WORKDIR and DATA_DIR to a filesystem every host sees" ;;
-    esac
-  fi
+  case "$WORKDIR" in
+    "$MOUNT_DIR"/*)
+      if [ -z "$BUCKET" ]; then
+        die "WORKDIR=$WORKDIR is under MOUNT_DIR but no BUCKET is set: set BUCKET," \
+            "or WORKDIR and DATA_DIR to a filesystem every host sees"
+      fi
+      die "WORKDIR=$WORKDIR is in the bucket's read-only mount (data only): leave WORKDIR unset for" \
+          "gs://$BUCKET/xvit/$TPU_NAME, or set it to another gs:// path" ;;
+  esac
 }
 
 create() {
@@ -150,6 +155,9 @@ train() {
     steps+=("BUCKET=$(show "$BUCKET") MOUNT_DIR=$(show "$MOUNT_DIR") bash launch/vm_setup.sh mount")
   fi
   steps+=("if $(trainer_alive "$files"); then echo \"\$(hostname): already running\"; exit 1; fi")
+  # no trainer of ours runs: a process still holding the chips (a killed run's leftover, a notebook) or a
+  # stale libtpu lock file would make the new one fail with "TPU in use", as maxtext clears them too
+  steps+=("{ sudo -n fuser -k -9 /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; sudo -n rm -f /tmp/libtpu_lockfile 2>/dev/null; true; }")
   steps+=("{ nohup $(show "${args[@]}") >> $files.log 2>&1 < /dev/null & echo \$! > $files.pid; echo \"\$(hostname): started, pid \$!\"; }")
   local command
   command=$(printf ' && %s' "${steps[@]}")
@@ -170,8 +178,25 @@ stop() {
 
 logs() {
   run mkdir -p "$LOCAL_LOGS"
-  # every host has its own file names (train-HOSTNAME.*), so the copies land side by side
-  run gcloud compute tpus tpu-vm scp --recurse "$TPU_NAME:$REMOTE_LOGS" "$LOCAL_LOGS" "${GCLOUD_FLAGS[@]}" --worker=all
+  # gcloud refuses --worker=all when copying to this machine ("cannot target multiple workers while copying
+  # files to client"): one copy per host, their number from the TPU's network endpoints (with DRY_RUN=1 the
+  # query is printed and DRY_RUN_HOSTS [2] answers it). Every host has its own file names
+  # (train-HOSTNAME.*), so the copies land side by side.
+  local describe=(gcloud compute tpus tpu-vm describe "$TPU_NAME" "${GCLOUD_FLAGS[@]}"
+                  "--format=value(networkEndpoints.len())")
+  local hosts
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    show "${describe[@]}"
+    hosts=${DRY_RUN_HOSTS:-2}
+  else
+    hosts=$("${describe[@]}")
+  fi
+  [[ $hosts =~ ^[1-9][0-9]*$ ]] || die "$TPU_NAME: cannot tell its number of hosts (got '$hosts')"
+  local worker
+  for ((worker = 0; worker < hosts; worker++)); do
+    run gcloud compute tpus tpu-vm scp --recurse "$TPU_NAME:$REMOTE_LOGS" "$LOCAL_LOGS" "${GCLOUD_FLAGS[@]}" \
+      --worker="$worker"
+  done
 }
 
 delete() {

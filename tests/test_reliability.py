@@ -2,6 +2,7 @@
 checkpoint write that fails, a damaged checkpoint, a second run on the same workdir. Each ends in one
 line naming the culprit, and what was saved before stays intact and restorable."""
 
+import errno
 import os
 import shutil
 import time
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import final_params, last_line, read_metrics, run_main, saved_steps, start_main, train_main, wait_for
+from xvit_jax.errors import UserError
 
 @pytest.fixture(scope="module")
 def saved_at_2(tmp_path_factory):
@@ -112,6 +114,52 @@ def test_a_second_run_on_the_same_workdir_refuses_naming_the_first(tmp_path):
     first.wait()
   # the lock goes with its process, even after SIGKILL: the next run starts
   train_main(tmp_path, "--config.total_steps=2")
+
+
+def test_a_workdir_that_cannot_rename_directories_is_refused_before_training_naming_the_mount_option(tmp_path,
+                                                                                                   monkeypatch):
+  """gcsfuse without --rename-dir-limit refuses to rename a directory holding objects (flat buckets), which
+  is how orbax completes every checkpoint: here os.rename fails so for directories, as it would there."""
+  rename = os.rename
+
+  def no_directory_renames(source, target):
+    if os.path.isdir(source):
+      raise OSError(errno.ENOTSUP, os.strerror(errno.ENOTSUP), source)
+    rename(source, target)
+
+  monkeypatch.setattr(os, "rename", no_directory_renames)
+  with pytest.raises(UserError) as refused:
+    train_main(tmp_path, "--config.total_steps=2")
+  assert str(refused.value) == (f"workdir {tmp_path} cannot rename directories (Operation not supported), and every "
+                                "checkpoint is a directory renamed when complete: on gcsfuse mount the bucket with "
+                                "--rename-dir-limit=200000 (mountOptions rename-dir-limit=200000 on GKE), or use "
+                                "--workdir=gs://BUCKET/PATH")
+  assert sorted(os.listdir(tmp_path)) == [".lock"]  # nothing trained, no probe left behind
+  monkeypatch.setattr(os, "rename", rename)
+  train_main(tmp_path, "--config.total_steps=2")  # the probe passes where renames work, and leaves nothing
+  assert not any(name.startswith(".rename-probe") for name in os.listdir(tmp_path))
+  assert saved_steps(tmp_path) == [2]
+
+
+def test_a_read_only_workdir_is_refused_in_one_line(tmp_path, monkeypatch):
+  """As on a gcsfuse mount made read-only for data: creating anything in the workdir fails with EROFS."""
+  makedirs = os.makedirs
+
+  def read_only(path, *args, exist_ok=False, **kwargs):
+    if exist_ok and os.path.isdir(path):  # as mkdir answers on a read-only mount: EEXIST
+      return
+    if str(path).startswith(str(tmp_path)):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+    makedirs(path, *args, exist_ok=exist_ok, **kwargs)
+
+  monkeypatch.setattr(os, "makedirs", read_only)
+  from xvit_jax import workdir  # pylint: disable=import-outside-toplevel
+  with pytest.raises(UserError, match=f"^workdir {tmp_path} cannot be written \\(Read-only file system\\)$"):
+    with workdir.exclusive(str(tmp_path)):
+      pass
+  with pytest.raises(UserError, match=f"^workdir {tmp_path}/run cannot be created \\(Read-only file system\\)$"):
+    with workdir.exclusive(str(tmp_path / "run")):
+      pass
 
 
 def test_a_resumed_run_writes_its_metrics_after_a_line_cut_short_by_a_kill(tmp_path):

@@ -1,4 +1,4 @@
-"""orbax checkpoints in `DIR/checkpoints/<step>/`, up to three items per step:
+"""orbax checkpoints in `DIR/checkpoints/<step>/` (DIR local or gs://), up to three items per step:
 
   params/  the model parameters (a nested dict, as `nnx.to_pure_dict(state)` gives them: state.params_item)
   train/   {"step", "rng", "opt_state", "nonfinite_steps"}: what resuming training needs besides the
@@ -20,9 +20,11 @@ import os
 import grain
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from xvit_jax import trees
+from xvit_jax import workdir as workdir_lib
 from xvit_jax.errors import UserError
 
 PARAMS, TRAIN, DATA = "params", "train", "data"
@@ -30,8 +32,8 @@ BEST_METRIC = "eval/top1"
 
 
 def manager(directory, *, keep=3, create=True):
-  path = os.path.abspath(os.path.join(directory, "checkpoints"))
-  if not create and not os.path.isdir(path):
+  path = workdir_lib.resolve(os.path.join(directory, "checkpoints"))  # a local or gs:// directory
+  if not create and not epath.Path(path).is_dir():
     raise UserError(f"no checkpoint in {path}")
   handlers = {PARAMS: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
               DATA: grain.checkpoint.CheckpointHandler()}
@@ -114,7 +116,7 @@ def write_params(directory, params, step=0):
 
 
 def has_item(mngr, step, item):
-  return os.path.isdir(os.path.join(str(mngr.directory), str(step), item))
+  return (epath.Path(mngr.directory) / str(step) / item).is_dir()
 
 
 def _shapes(tree):

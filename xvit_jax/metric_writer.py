@@ -1,11 +1,19 @@
 """Where metrics go: one JSON object per line in workdir/metrics.jsonl, TensorBoard event files in
-workdir/tensorboard, and a progress line on stdout. Only process 0 writes."""
+workdir/tensorboard, and a progress line on stdout. Only process 0 writes.
+
+In a gs:// workdir (Cloud Storage objects cannot be appended to) metrics.jsonl is rewritten whole at
+each write, from a copy kept in memory (a few hundred bytes a record), and tensorboardX uploads its event
+file whole at each flush: a killed run leaves what its last write uploaded, as a local run leaves what it
+flushed."""
 
 import json
 import os
 
 import jax
+from etils import epath
 from tensorboardX import SummaryWriter
+
+from xvit_jax import workdir as workdir_lib
 
 
 class MetricWriter:
@@ -13,11 +21,14 @@ class MetricWriter:
   def __init__(self, workdir):
     self.active = jax.process_index() == 0
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, "metrics.jsonl")
-      self.jsonl = open(path, "a")
-      if _ends_mid_line(path):  # a run killed mid-write: its cut-short line must not swallow our first record
-        self.jsonl.write("\n")
+      if workdir_lib.is_remote(workdir):
+        self.jsonl = _RewrittenObject(path)
+      else:
+        os.makedirs(workdir, exist_ok=True)
+        self.jsonl = open(path, "a")
+        if _ends_mid_line(path):  # a run killed mid-write: its cut-short line must not swallow our first record
+          self.jsonl.write("\n")
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, metrics):
@@ -40,6 +51,26 @@ class MetricWriter:
       self.tb.close()
 
 
+class _RewrittenObject:
+  """metrics.jsonl in Cloud Storage, as the file methods MetricWriter uses: `write` appends to a copy in
+  memory (the object's text when the run started, a cut-short last line ended), `flush` uploads it whole."""
+
+  def __init__(self, path):
+    self.path = epath.Path(path)
+    self.text = self.path.read_text() if self.path.exists() else ""
+    if self.text and not self.text.endswith("\n"):
+      self.text += "\n"
+
+  def write(self, text):
+    self.text += text
+
+  def flush(self):
+    self.path.write_text(self.text)
+
+  def close(self):
+    self.flush()
+
+
 def _ends_mid_line(path):
   with open(path, "rb") as f:
     f.seek(0, os.SEEK_END)
@@ -53,11 +84,11 @@ def read_records(workdir):
   """The records of workdir/metrics.jsonl in order ([] without the file), a line cut short when a run was
   killed mid-write left out. A resumed run rewrites the steps after its checkpoint: later records of a step
   come after earlier ones."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = epath.Path(os.path.join(workdir, "metrics.jsonl"))
+  if not path.is_file():
     return []
   records = []
-  with open(path, encoding="utf-8") as f:
+  with path.open(encoding="utf-8") as f:
     for line in f:
       try:
         record = json.loads(line)
