@@ -245,20 +245,37 @@ def memory_without_analysis(message, arguments, donated):
   return out
 
 
-def flops_reasons(config, mesh_sizes, ratio):
-  """Why the compiled step's FLOPs (all chips) differ from the model FLOPs by `ratio` (compiled / model)."""
+def loops(hlo):
+  """{"while": loops in a compiled program's text, "windowed_matmuls": those of them that are XLA's windowed
+  matmuls (an all-gather or reduce-scatter of sharded weights overlapped with the matmul, a shard an
+  iteration)}: XLA's cost analysis counts a loop's body once."""
+  windowed = set(re.findall(r"windowed_dot_general_body_(?:ag|rs)(?:\.\d+)?", hlo))
+  return {"while": len(re.findall(r" while\(", hlo)), "windowed_matmuls": len(windowed)}
+
+
+def flops_reasons(config, mesh_sizes, ratio, counted):
+  """Why the compiled step's FLOPs (all chips) differ from the model FLOPs by `ratio` (compiled / model), for
+  a program with the `counted` loops (loops())."""
+  if abs(ratio - 1) <= 0.03:
+    return []
   reasons = []
   if config.model.get("remat", False):
-    reasons.append("model.remat recomputes each block's forward in the backward pass (about +1/3)")
+    reasons.append("model.remat recomputes each block's forward in the backward pass (up to about +1/3)")
+  if counted["windowed_matmuls"]:
+    reasons.append(f"{counted['windowed_matmuls']} matmuls are windowed loops that overlap gathering their fsdp- or "
+                   "tensor-sharded weights with the multiplication, and XLA counts a loop's body (one shard) once")
   if config.grad_accum_steps > 1:
     reasons.append(f"the {config.grad_accum_steps} accumulation micro-batches are a loop, whose body XLA counts "
                    f"once (about 1/{config.grad_accum_steps})")
   if mesh_sizes["tensor"] > 1:
     reasons.append(f"with mesh tensor={mesh_sizes['tensor']} what is not split by heads or MLP units (layer "
                    "norms, embeddings, the head) is computed on every chip of a tensor group")
-  reasons.append("the step also counts what is not the model: preprocessing, loss, the optimizer update, and "
-                 "XLA's own rewrites of the program (fusions, layout changes)")
-  return reasons if abs(ratio - 1) > 0.03 else []
+  other = counted["while"] - counted["windowed_matmuls"]
+  if other and not config.grad_accum_steps > 1:
+    reasons.append(f"{other} other loops in the program, each body counted once")
+  reasons.append("the step also counts what is not the model (preprocessing, loss, the optimizer update) and "
+                 "XLA's rewrites of the program")
+  return reasons
 
 
 def dominant(plan, state, batch):
@@ -325,13 +342,15 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
     plan["per_chip_bytes"] = memory(steps["train"])
     plan["compiled_flops_per_chip"] = compiled_flops(steps["train"])
     plan["compiled_to_model_flops"] = plan["compiled_flops_per_chip"] * n / per_step
-    plan["flops_reasons"] = flops_reasons(config, sizes, plan["compiled_to_model_flops"])
+    plan["hlo"] = steps["train"].as_text()  # the compiled program's text (--hlo); not in the JSON
+    plan["compiled_loops"] = loops(plan["hlo"])
+    plan["flops_reasons"] = flops_reasons(config, sizes, plan["compiled_to_model_flops"], plan["compiled_loops"])
     fits = plan["per_chip_bytes"]["total"] <= chip.hbm_bytes
   else:  # the compiler refused it: its message, and the bytes of the arguments from their shapes
     plan["compiler_error"] = steps["train_oom"]
     plan["per_chip_bytes"] = memory_without_analysis(steps["train_oom"], tree_bytes(state) + tree_bytes(steps["batch"]),
                                                      tree_bytes(state))
-    plan["compiled_flops_per_chip"] = plan["compiled_to_model_flops"] = None
+    plan["compiled_flops_per_chip"] = plan["compiled_to_model_flops"] = plan["hlo"] = None
     plan["flops_reasons"], fits = [], False
   if with_eval:
     # while training, the eval step runs with the whole train state on the chip, not only its parameters
@@ -350,7 +369,6 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
   plan["dominant"] = [{"what": what, "bytes": size} for what, size in parts]
   plan["largest_parameters"] = [{"name": name, "bytes": size} for name, size in params]
   plan["suggestions"] = [] if fits else suggestions(config, sizes)
-  plan["hlo"] = steps["train"].as_text if steps["train"] is not None else None
   return plan
 
 
@@ -423,7 +441,7 @@ def main():
   plan = make_plan(f.config, f.topology, mfu=f.mfu, with_eval=f.eval, input_per_worker=f.input_per_worker)
   if f.hlo and plan["hlo"]:  # none where the compiler refused the step
     with open(f.hlo, "w") as out:
-      out.write(plan["hlo"]())
+      out.write(plan["hlo"])
   del plan["hlo"]
   print(json.dumps(plan, indent=1) if f.json else text(plan))
   if f.strict and not plan["fits"]:
