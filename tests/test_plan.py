@@ -98,6 +98,9 @@ def test_without_strict_a_plan_that_does_not_fit_exits_0():
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout)
   assert out["fits"] is False and out["compiled"] is False and "HBM" in out["compiler_error"]
+  # the compiler's own limit, which the plan's table of usable HBM holds
+  available = re.search(r"available HBM \(([\d.]+)G\)", out["compiler_error"]).group(1)
+  assert float(available) == plan.USABLE_HBM_GIB["v5e"] and out["usable_hbm_bytes"] == int(float(available) * 2 ** 30)
   m = out["per_chip_bytes"]
   assert m["total"] > out["hbm_bytes"] and m["temporaries"] > 0
   assert m["arguments"] > 24 * 2 ** 30  # 3.2 G float32 parameters and as much momentum

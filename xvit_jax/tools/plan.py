@@ -62,6 +62,10 @@ class Kind:
 
 KINDS = {"v4": Kind("v4", 3, "megacore", 4), "v5e": Kind("v5e", 2, "default", 8),
          "v5p": Kind("v5p", 3, "megacore", 4), "v6e": Kind("v6e", 2, "default", 8)}
+# HBM a compiled program may use per chip, as the XLA TPU compiler of libtpu 0.0.50.1 counts it: the "available
+# HBM" of its CompileTimeHbmOom message (measured 2026-12-03, tests/test_plan.py checks v5e's); a little less
+# than the chip's (chips.py) on v4, v5e and v6e.
+USABLE_HBM_GIB = {"v4": 30.75, "v5e": 15.75, "v5p": 95.73, "v6e": 31.24}
 HOST_BOUNDS = (2, 2, 1)  # chips per host of a multi-host slice, along each axis of the slice (4 chips a host)
 
 
@@ -318,6 +322,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
   kind, _, devices, chips_per_host = slice_devices(topology)
   config, sizes = resolve(config, len(devices), topology)
   chip = chips.by_name(kind.chip)
+  usable = int(USABLE_HBM_GIB[kind.chip] * GIB)
   steps = compile_steps(config, devices, with_eval=with_eval)
   n, batch, state = len(devices), config.batch_size, steps["state"]
   per_chip_batch = batch // (sizes["data"] * sizes["fsdp"])
@@ -330,7 +335,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
       "chips_per_host": chips_per_host, "hosts": n // chips_per_host, "mesh": sizes, "batch_size": batch,
       "per_chip_batch": per_chip_batch, "grad_accum_steps": config.grad_accum_steps, "dtype": config.dtype,
       "remat": bool(config.model.get("remat", False)), "compiled": steps["train"] is not None,
-      "hbm_bytes": chip.hbm_bytes, "hbm_source": chip.source,
+      "hbm_bytes": chip.hbm_bytes, "hbm_source": chip.source, "usable_hbm_bytes": usable,
       "flops_per_clip": per_clip, "flops_per_step": per_step, "mfu": mfu, "peak_flops_per_chip": chip.peak_flops,
       "step_seconds": step_seconds, "clips_per_second_per_chip": per_chip_rate,
       "clips_per_second": per_chip_rate * n, "input_clips_per_second_per_host": per_chip_rate * chips_per_host,
@@ -345,7 +350,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
     plan["hlo"] = steps["train"].as_text()  # the compiled program's text (--hlo); not in the JSON
     plan["compiled_loops"] = loops(plan["hlo"])
     plan["flops_reasons"] = flops_reasons(config, sizes, plan["compiled_to_model_flops"], plan["compiled_loops"])
-    fits = plan["per_chip_bytes"]["total"] <= chip.hbm_bytes
+    fits = plan["per_chip_bytes"]["total"] <= usable
   else:  # the compiler refused it: its message, and the bytes of the arguments from their shapes
     plan["compiler_error"] = steps["train_oom"]
     plan["per_chip_bytes"] = memory_without_analysis(steps["train_oom"], tree_bytes(state) + tree_bytes(steps["batch"]),
@@ -358,7 +363,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
     if steps["eval"] is not None:
       eval_bytes = memory(steps["eval"])
       plan["eval"] = {"per_chip_bytes": eval_bytes, "with_train_state_bytes": eval_bytes["total"] + rest,
-                      "fits": eval_bytes["total"] + rest <= chip.hbm_bytes}
+                      "fits": eval_bytes["total"] + rest <= usable}
     else:
       plan["eval"] = {"per_chip_bytes": None, "with_train_state_bytes": None, "fits": False,
                       "compiler_error": steps["eval_oom"]}
@@ -384,7 +389,7 @@ def fit_words(needed, hbm):
 
 def text(plan):
   """The plan as the lines the command prints."""
-  m, hbm = plan["per_chip_bytes"], plan["hbm_bytes"]
+  m, hbm, usable = plan["per_chip_bytes"], plan["hbm_bytes"], plan["usable_hbm_bytes"]
   mesh = " ".join(f"{a}={n}" for a, n in plan["mesh"].items())
   lines = [f"{plan['topology']}: {plan['chips']} {plan['chip']} chips ({plan['device_kind']}), {plan['hosts']} "
            f"host(s) of {plan['chips_per_host']}; mesh {mesh}; batch {plan['batch_size']} ({plan['per_chip_batch']} "
@@ -397,16 +402,16 @@ def text(plan):
     lines.append("per chip (arguments and outputs from their shapes, temporaries from that message):")
   for key in ("arguments", "outputs", "aliased", "temporaries", "code"):
     lines.append(f"  {key:<12} {'-' if key == 'aliased' else ' '}{size(m[key]):>11}")
-  lines.append(f"  {'total':<12}  {size(m['total']):>11} of {size(hbm)} HBM ({plan['hbm_source']}): "
-               f"{fit_words(m['total'], hbm) if plan['compiled'] else 'DOES NOT FIT'}"
-               f"{'' if plan['compiled'] else f' (by about {size(m["total"] - hbm)}, by that count)'}")
+  lines.append(f"  {'total':<12}  {size(m['total']):>11} of {size(hbm)} HBM ({plan['hbm_source']}), {size(usable)} "
+               "of it usable by a program: " + (fit_words(m["total"], usable) if plan["compiled"] else
+                                                f"DOES NOT FIT (by about {size(m['total'] - usable)}, by that count)"))
   if "eval" in plan:
     e = plan["eval"]
     if e["per_chip_bytes"] is None:
       lines.append(f"eval step: the XLA TPU compiler refused it: {e['compiler_error']}")
     else:
       lines.append(f"eval step, per chip: {size(e['per_chip_bytes']['total'])}; with the rest of the train state "
-                   f"beside it {size(e['with_train_state_bytes'])}: {fit_words(e['with_train_state_bytes'], hbm)}")
+                   f"beside it {size(e['with_train_state_bytes'])}: {fit_words(e['with_train_state_bytes'], usable)}")
   if not plan["fits"]:
     lines.append("per chip, largest first: " + "; ".join(f"{d['what']} {size(d['bytes'])}" for d in plan["dominant"]))
     lines.append("largest parameters per chip: " + ", ".join(f"{p['name']} {size(p['bytes'])}"
