@@ -307,7 +307,7 @@ def suggestions(config, sizes):
     out.append("--config.model.remat=True: keep only each block's input for the backward pass, not its "
                "activations")
   if per_chip > 1:
-    out.append(f"--config.batch_size={config.batch_size // 2}: {per_chip // 2 or 1} clips per chip instead of "
+    out.append(f"--config.batch_size={per_chip // 2 * shards}: {per_chip // 2} clip(s) per chip instead of "
                f"{per_chip}")
     accum = config.grad_accum_steps * 2
     if config.batch_size % (shards * accum) == 0:
