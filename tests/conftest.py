@@ -29,6 +29,11 @@ _CACHE = tempfile.mkdtemp(prefix="xvit-jax-test-xla-cache-")
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+# The tests run on the CPU, and so does every process they start (it inherits the environment): where jax
+# would find TPU chips and the libtpu of requirements-test.txt, it would otherwise start the TPU backend and its
+# logging (tools.plan compiles for TPU slices without it: tests/test_plan.py).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 # configs/demo.py shrunk for the command-line tests: `--config=configs/demo.py *TINY`
 TINY = ["--config.model.hidden_size=32", "--config.model.mlp_dim=64", "--config.model.num_layers=2",
         "--config.model.image_size=16", "--config.model.num_frames=4", "--config.data.object_size=4",

@@ -1,0 +1,154 @@
+"""tools.plan: the train and eval steps compiled by the XLA TPU compiler (libtpu, requirements-test.txt) for TPU
+slices described on this CPU machine, with data, fsdp and tensor axes all above 1; XLA's per-chip memory and
+FLOPs as the plan reports them; the mistakes that end it in one line."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY, main_config, run_module
+from xvit_jax import chips, flops, sharding
+from xvit_jax.data import pipeline, sources, synthetic
+from xvit_jax.tools import plan
+
+# the demo model of the command-line tests, one block, 8 clips: 2 per (data, fsdp) pair, each on a tensor pair
+SLICE = ["--topology=v5e:2x4", "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+         "--config.model.num_layers=1"]
+# one block 16384 wide (3.2 G parameters): the parameters and their momentum alone, whole on every chip of a
+# data-parallel mesh, are 24 GiB; a v5e chip has 16
+HUGE = ["--topology=v5e:2x4", "--config.model.num_layers=1", "--config.model.hidden_size=16384",
+        "--config.model.num_heads=16", "--config.model.mlp_dim=65536", "--noeval"]
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce")
+
+
+def run_plan(*args):
+  return run_module("xvit_jax.tools.plan", "--config=configs/demo.py", *TINY, *args)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+  """The tiny model's plan on 8 v5e chips as JSON, with the train step's program text and the config."""
+  hlo = tmp_path_factory.mktemp("plan") / "train_step.hlo"
+  result = run_plan(*SLICE, "--json", f"--hlo={hlo}", "--strict")
+  return result, hlo, main_config("--config.model.num_layers=1")
+
+
+def test_the_steps_compile_for_a_tpu_slice_with_every_mesh_axis(compiled):
+  """Real numbers of XLA's TPU compile: per-chip bytes that add up, the model FLOPs of the global batch, the
+  v5e's HBM, a fit; libtpu's start-up warnings (no TPU here) kept off stderr."""
+  result, _, config = compiled
+  assert result.returncode == 0, result.stderr[-3000:]  # --strict and it fits
+  assert result.stderr == ""
+  out = json.loads(result.stdout)
+  assert (out["chips"], out["device_kind"], out["mesh"]) == (8, "TPU v5 lite", {"data": 2, "fsdp": 2, "tensor": 2})
+  assert (out["chips_per_host"], out["per_chip_batch"]) == (8, config.batch_size // 4)
+  m = out["per_chip_bytes"]
+  assert min(m["arguments"], m["outputs"], m["aliased"], m["temporaries"]) > 0
+  assert m["aliased"] <= min(m["arguments"], m["outputs"])  # the donated state
+  assert m["total"] == m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"] + m["code"]
+  assert out["hbm_bytes"] == chips.by_name("v5e").hbm_bytes == 16 * 2 ** 30
+  assert out["fits"] is True and out["eval"]["fits"] is True and out["suggestions"] == []
+  assert out["eval"]["per_chip_bytes"]["arguments"] > 0
+  assert out["eval"]["with_train_state_bytes"] > out["eval"]["per_chip_bytes"]["total"]  # + the momentum
+  assert out["flops_per_step"] == flops.train_flops_per_clip(config.model) * config.batch_size
+  assert out["flops_per_clip"] > 0 and out["compiled_flops_per_chip"] > 0
+  assert out["compiled_flops_per_chip"] * 8 == pytest.approx(out["compiled_to_model_flops"] * out["flops_per_step"])
+  assert out["compile_seconds"] > out["train_compile_seconds"] > 0
+  peak = chips.by_name("v5e").peak_flops
+  assert out["step_seconds"] == pytest.approx(out["flops_per_step"] / (8 * peak * 0.4))
+  assert out["input_clips_per_second_per_host"] == pytest.approx(8 * out["clips_per_second_per_chip"])
+
+
+def test_the_compiled_program_gathers_the_fsdp_shards(compiled):
+  """--hlo writes the compiled train step: sharded over fsdp and tensor, it gathers, reduce-scatters or
+  all-reduces across chips."""
+  _, hlo, _ = compiled
+  text = hlo.read_text()
+  assert text.startswith("HloModule")
+  counts = {op: len(re.findall(rf"\b{op}(-start)?\(", text)) for op in COLLECTIVES}
+  assert counts["all-gather"] > 0 and counts["all-gather"] + counts["reduce-scatter"] + counts["all-reduce"] > 2
+
+
+def test_a_plan_that_does_not_fit_names_what_fills_the_chip_and_what_to_try():
+  """3.2 G parameters replicated on each v5e chip: the TPU compiler refuses the step for want of HBM; the plan
+  says so, with the parameters and optimizer state from their shapes and the largest parameters named, and
+  fsdp first among what to try; --strict exits 1."""
+  result = run_plan(*HUGE, "--strict")
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  refused = next(line for line in lines if line.startswith("train step: the XLA TPU compiler refused it:"))
+  assert "HBM" in refused
+  total = next(line for line in lines if line.lstrip().startswith("total"))
+  assert "DOES NOT FIT" in total and "of 16.00 GiB HBM" in total
+  largest = next(line for line in lines if line.startswith("per chip, largest first:"))
+  assert "optimizer state 12.01 GiB" in largest and "parameters 12.01 GiB" in largest  # float32, 3.2 G each
+  assert "blocks/0/mlp/fc1/kernel 4.00 GiB" in next(line for line in lines if line.startswith("largest parameters"))
+  assert next(line for line in lines if line.startswith("to try:")).startswith(
+      "to try: --config.mesh.fsdp=8 --config.mesh.data=1")
+
+
+def test_without_strict_a_plan_that_does_not_fit_exits_0():
+  result = run_plan(*HUGE, "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout)
+  assert out["fits"] is False and out["compiled"] is False and "HBM" in out["compiler_error"]
+  # the compiler's own limit, which the plan's table of usable HBM holds
+  available = re.search(r"available HBM \(([\d.]+)G\)", out["compiler_error"]).group(1)
+  assert float(available) == plan.USABLE_HBM_GIB["v5e"] and out["usable_hbm_bytes"] == int(float(available) * 2 ** 30)
+  m = out["per_chip_bytes"]
+  assert m["total"] > out["hbm_bytes"] and m["temporaries"] > 0
+  assert m["arguments"] > 24 * 2 ** 30  # 3.2 G float32 parameters and as much momentum
+  sizes = {d["what"]: d["bytes"] for d in out["dominant"]}
+  assert min(sizes["parameters"], sizes["optimizer state"]) > 12 * 2 ** 30
+
+
+@pytest.mark.parametrize("topology", ["v7x:2x2", "v5p:4x4"])
+def test_an_unknown_topology_is_one_line_listing_the_known(topology):
+  result = run_plan(f"--topology={topology}")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --topology={topology}: not a known TPU slice; known: v4:AxBxC, v5e:AxB, v5p:AxBxC, v6e:AxB in chips "
+      "(e.g. v5e:4x4 is 16 v5e chips, v5p:2x2x4 16 v5p chips)"]
+
+
+def test_a_mesh_the_slice_cannot_hold_is_one_line_naming_it_and_the_chips():
+  result = run_plan("--topology=v5e:2x4", "--config.mesh.data=3")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: config.mesh data=3 fsdp=1 tensor=1 needs 3 devices, there are 8 (v5e:2x4 is a slice of 8 chips, one "
+      "device each)"]
+
+
+def test_without_libtpu_one_line_says_how_to_install_it():
+  """`import libtpu` fails in the process (as where it is not installed): jax cannot describe a slice either."""
+  args = ["--config=configs/demo.py", "--topology=v5e:2x4"]
+  code = ("import runpy, sys; sys.modules['libtpu'] = None; "
+          f"sys.argv = ['plan', *{args!r}]; runpy.run_module('xvit_jax.tools.plan', run_name='__main__')")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: compiling for a TPU slice needs libtpu, which is not installed: pip install -r requirements-test.txt "
+      "(or pip install libtpu==0.0.50.1, the version jax 0.12.0.1 pins)"]
+
+
+def test_the_planned_batches_are_the_pipelines():
+  """The abstract train and eval batches the plan compiles with have the keys, shapes and dtypes of the
+  pipeline's real batches (the synthetic task, with mixup's draws)."""
+  config = main_config("--config.augment.mixup=0.4", "--config.augment.mixup_group=4")
+  mesh = sharding.make_mesh(None, jax.devices()[:1])
+  source = lambda split: synthetic.from_config(config, split)
+  real_train = next(iter(pipeline.train_dataset(source("train"), global_batch=config.batch_size, seed=0,
+                                                clip_fn=sources.TrainClip(config), mixup=0.4, mixup_group=4)))
+  real_eval = next(iter(pipeline.eval_dataset(source("eval"), global_batch=config.batch_size,
+                                              views_fn=sources.EvalViews(config))))
+  for planned, real in ((plan.train_batch(config, mesh), real_train), (plan.eval_batch(config, mesh), real_eval)):
+    assert {k: (v.shape, np.dtype(v.dtype)) for k, v in planned.items()} == {
+        k: (np.shape(v), np.asarray(v).dtype) for k, v in real.items()}
+  assert {"mixup_lam", "mixup_partner", "mixup_label"} <= set(real_train)
+  assert math.prod(plan.train_batch(config, mesh)["video"].shape) == real_train["video"].size
