@@ -94,11 +94,11 @@ def keep_freed_memory():
   if _kept_in == os.getpid():
     return
   _kept_in = os.getpid()
-  libc = ctypes.util.find_library("c")
-  mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
-  if mallopt is not None and hasattr(ctypes.CDLL(libc), "gnu_get_libc_version"):
-    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+  name = ctypes.util.find_library("c")
+  libc = ctypes.CDLL(name) if name else None
+  if libc is not None and hasattr(libc, "gnu_get_libc_version"):  # glibc, which has mallopt
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _unreadable(e):
