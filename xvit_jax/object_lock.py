@@ -37,7 +37,8 @@ def _blob(path):
   return storage.Client().bucket(bucket).blob(name)
 
 
-def _owner():
+def owner():
+  """Who holds a lock: this process, its host and since when (the local lock file holds the same line)."""
   since = datetime.datetime.now().isoformat(timespec="seconds")
   return f"pid {os.getpid()} on {socket.gethostname()} since {since}"
 
@@ -48,9 +49,9 @@ def exclusive(workdir):
   from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
   lock = workdir.rstrip("/") + "/.lock"
   mine = _blob(lock)
-  owner = _acquire(mine, workdir, exceptions)
+  line = _acquire(mine, workdir, exceptions)
   stop = threading.Event()
-  beat = threading.Thread(target=_heartbeat, args=(mine, owner, lock, stop, exceptions), daemon=True)
+  beat = threading.Thread(target=_heartbeat, args=(mine, line, lock, stop, exceptions), daemon=True)
   beat.start()
   try:
     yield
@@ -63,12 +64,12 @@ def exclusive(workdir):
 
 def _acquire(mine, workdir, exceptions):
   """Creates the lock object, or replaces a stale one; UserError naming the holder when it is alive."""
-  owner = _owner()
+  mine_line = owner()
   expected = 0  # the generation the upload must replace: 0 is "the object does not exist"
   while True:
     try:
-      mine.upload_from_string(owner, if_generation_match=expected)
-      return owner
+      mine.upload_from_string(mine_line, if_generation_match=expected)
+      return mine_line
     except exceptions.PreconditionFailed:
       pass
     held = mine.bucket.get_blob(mine.name)
@@ -86,10 +87,10 @@ def _acquire(mine, workdir, exceptions):
                       f"{workdir.rstrip('/')}/.lock has a live heartbeat); stop it or choose another --workdir")
 
 
-def _heartbeat(mine, owner, lock, stop, exceptions):
+def _heartbeat(mine, line, lock, stop, exceptions):
   while not stop.wait(HEARTBEAT_S):
     try:
-      mine.upload_from_string(owner, if_generation_match=mine.generation)
+      mine.upload_from_string(line, if_generation_match=mine.generation)
     except exceptions.PreconditionFailed:
       sys.stderr.write(f"error: the workdir lock {lock} was taken over by another run (this one wrote no heartbeat "
                        f"for {STALE_HEARTBEATS * HEARTBEAT_S:.0f} s); stopping this run so the two do not mix\n")

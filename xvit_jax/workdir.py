@@ -16,10 +16,9 @@ rename before anything else is written.
 """
 
 import contextlib
-import datetime
 import fcntl
 import os
-import socket
+import shutil
 
 from xvit_jax import object_lock
 from xvit_jax.errors import UserError
@@ -61,10 +60,7 @@ def check_renames(workdir):
   """UserError naming the mount option if a directory holding a file cannot be renamed in `workdir`."""
   source, target = os.path.join(workdir, PROBE), os.path.join(workdir, PROBE + "-renamed")
   for leftover in (source, target):  # a run killed mid-probe
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(os.path.join(leftover, "file"))
-    with contextlib.suppress(FileNotFoundError):
-      os.rmdir(leftover)
+    shutil.rmtree(leftover, ignore_errors=True)
   try:
     os.makedirs(source)
     with open(os.path.join(source, "file"), "w"):
@@ -74,13 +70,11 @@ def check_renames(workdir):
   try:
     os.rename(source, target)
   except OSError as e:
-    os.remove(os.path.join(source, "file"))
-    os.rmdir(source)
+    shutil.rmtree(source)
     raise UserError(f"workdir {workdir} cannot rename directories ({e.strerror or e}), and every checkpoint is a "
                     "directory renamed when complete: on gcsfuse mount the bucket with --rename-dir-limit=200000 "
                     "(mountOptions rename-dir-limit=200000 on GKE), or use --workdir=gs://BUCKET/PATH") from None
-  os.remove(os.path.join(target, "file"))
-  os.rmdir(target)
+  shutil.rmtree(target)
 
 
 @contextlib.contextmanager
@@ -100,8 +94,7 @@ def _file_lock(workdir):
                       "another --workdir") from None
     f.seek(0)
     f.truncate()
-    since = datetime.datetime.now().isoformat(timespec="seconds")
-    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}")
+    f.write(object_lock.owner())
     f.flush()
     try:
       yield
