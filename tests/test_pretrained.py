@@ -45,8 +45,9 @@ def test_google_imagenet21k_npz(tmp_path):
 
   attn = "Transformer/encoderblock_1/MultiHeadDotProductAttention_1/"
   qkv = params["blocks"][1]["attn"]["qkv"]["kernel"]
-  np.testing.assert_array_equal(qkv[:, C:2 * C], w[attn + "key/kernel"].reshape(C, C))
-  np.testing.assert_array_equal(params["blocks"][1]["attn"]["qkv"]["bias"][2 * C:], w[attn + "value/bias"].reshape(-1))
+  assert qkv.shape == (C, 3, HEADS, C // HEADS)  # whole heads of q, k and v: Google's (C, H, D) kernels side by side
+  np.testing.assert_array_equal(qkv[:, 1], w[attn + "key/kernel"])
+  np.testing.assert_array_equal(params["blocks"][1]["attn"]["qkv"]["bias"][2], w[attn + "value/bias"])
   np.testing.assert_array_equal(params["blocks"][1]["attn"]["proj"]["kernel"], w[attn + "out/kernel"].reshape(C, C))
   np.testing.assert_array_equal(params["blocks"][0]["mlp"]["fc2"]["kernel"],
                                 w["Transformer/encoderblock_0/MlpBlock_3/Dense_1/kernel"])

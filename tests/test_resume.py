@@ -4,6 +4,7 @@ the same data; checkpoints keep the newest N and the best; an unfinished checkpo
 
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -154,3 +155,38 @@ def test_a_checkpoint_saved_while_the_next_batch_is_on_the_devices_resumes_with_
   assert "resumed from" in resumed and "(data stream at the saved position)" in resumed and "steps 2..4" in resumed
   assert_same_params(final_params(tmp_path / "resumed"), final_params(tmp_path / "whole"))
   assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "whole")
+
+
+def test_a_checkpoint_of_the_older_qkv_layout_resumes_as_todays(tmp_path):
+  """Checkpoints written before the head-aligned qkv kernel hold it as (C, 3C), its bias as (3C,) and their Adam
+  moments likewise: the same numbers in the same order. Such a checkpoint (rewritten here from today's with
+  those shapes) restores reshaped, and training from it ends bitwise where training from today's ends."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from xvit_jax import trees  # pylint: disable=import-outside-toplevel
+  run = ["--config.checkpoint_every=2", "--config.eval_every=0"]
+  new, old = tmp_path / "new", tmp_path / "old"
+  train_main(new, "--config.total_steps=2", *run)
+
+  mngr = checkpoints.manager(str(new), create=False)
+  items = mngr.restore(2, args=ocp.args.Composite(params=ocp.args.StandardRestore(),
+                                                  train=ocp.args.StandardRestore()))
+  mngr.close()
+  flat = lambda shape: (shape[0], int(np.prod(shape[1:]))) if len(shape) == 4 else (int(np.prod(shape)),)
+  is_qkv = lambda path: re.search(r"qkv/(kernel|bias)(/value)?$", trees.path_name(path))  # optimizer: {"value": x}
+  older = lambda path, x: np.asarray(x).reshape(flat(x.shape)) if is_qkv(path) else x
+  legacy = {name: jax.tree_util.tree_map_with_path(older, items[name]) for name in ("params", "train")}
+  shapes = {name: leaf.shape for name, leaf in trees.flatten(legacy["train"]).items()}
+  assert shapes["opt_state/2/0/trace/blocks/0/attn/qkv/kernel/value"] == (32, 96)  # the moments too, as the old code wrote them
+  mngr = checkpoints.manager(str(old))
+  checkpoints.save(mngr, 2, legacy["params"], legacy["train"])
+  checkpoints.wait(mngr)
+  mngr.close()
+  shutil.copytree(new / "checkpoints" / "2" / "data", old / "checkpoints" / "2" / "data")
+
+  for workdir in (new, old):
+    out, _ = train_main(workdir, "--config.total_steps=4", *run)
+    assert "resumed from" in out
+  assert_same_params(final_params(new), final_params(old))
+  mngr = checkpoints.manager(str(old), create=False)
+  assert checkpoints.restore_params(mngr, 2, final_params(new))["blocks"][0]["attn"]["qkv"]["kernel"].shape == (32, 3, 4, 8)
+  mngr.close()  # read with a template of numpy arrays (predict, export, pretrained's loader)

@@ -22,20 +22,21 @@ MESH = AbstractMesh((2, 4, 2), sharding.AXES)
 
 
 @pytest.mark.parametrize("name,shape,spec", [
-    ("blocks/0/attn/qkv/kernel", (768, 2304), P("fsdp", "tensor")),
-    ("blocks/0/attn/qkv/bias", (2304,), P("tensor")),
+    ("blocks/0/attn/qkv/kernel", (768, 3, 12, 64), P("fsdp", None, "tensor", None)),  # whole heads per device
+    ("blocks/0/attn/qkv/bias", (3, 12, 64), P(None, "tensor", None)),
     ("blocks/0/attn/proj/kernel", (768, 768), P("tensor", "fsdp")),
     ("blocks/0/mlp/fc1/kernel", (768, 3072), P("fsdp", "tensor")),
     ("blocks/0/mlp/fc2/kernel", (3072, 768), P("tensor", "fsdp")),
-    ("blocks/0/temporal_attn/qkv/kernel", (768, 2304), P("fsdp", "tensor")),
-    ("head/encoder/0/attn/qkv/kernel", (768, 2304), P("fsdp", "tensor")),
+    ("blocks/0/temporal_attn/qkv/kernel", (768, 3, 12, 64), P("fsdp", None, "tensor", None)),
+    ("head/encoder/0/attn/qkv/kernel", (768, 3, 12, 64), P("fsdp", None, "tensor", None)),
     ("opt_state/2/0/blocks/3/mlp/fc1/kernel", (768, 3072), P("fsdp", "tensor")),  # momentum follows its parameter
     ("patch_embed/kernel", (16, 16, 3, 768), P(None, None, None, "fsdp")),
     ("pos_embed", (197, 768), P(None, "fsdp")),
     ("head/fc2/kernel", (768, 174), P("fsdp", None)),
     ("blocks/0/mlp/fc1/bias", (3072,), P("tensor")),
     ("blocks/0/norm1/scale", (768,), P(None)),  # small: replicated
-    ("blocks/0/attn/qkv/kernel", (30, 90), P(None, "tensor")),  # fsdp=4 does not divide 30: dropped
+    ("blocks/0/attn/qkv/kernel", (30, 3, 6, 5), P(None, None, "tensor", None)),  # fsdp=4 does not divide 30: dropped
+    ("blocks/0/attn/qkv/kernel", (32, 3, 3, 8), P("fsdp", None, None, None)),  # 3 heads: not split over tensor=2
     ("step", (), P()),
 ])
 def test_rules_place_each_parameter(name, shape, spec):

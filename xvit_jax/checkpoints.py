@@ -12,15 +12,22 @@ half-written step is never picked up. Kept: the newest `keep` steps and the one 
 
 A checkpoint written by `tools.import_official` (or any other weights-only export) has `params` alone;
 training from it starts a fresh optimizer at step 0.
+
+Older layouts are converted on restore: checkpoints written before the head-aligned qkv kernel (C, 3, H, D)
+hold it as (C, 3C) and its bias as (3C,), the same numbers in the same order (LEGACY_LAYOUTS).
 """
 
 import contextlib
+import math
 import os
+import re
 
 import grain
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers
 
 from xvit_jax import trees
@@ -29,6 +36,9 @@ from xvit_jax.errors import UserError
 
 PARAMS, TRAIN, DATA = "params", "train", "data"
 BEST_METRIC = "eval/top1"
+# Leaves (the parameters, and their optimizer moments, whose paths end the same) that older checkpoints hold in
+# fewer dimensions, the same numbers in the same order: restored as stored, then reshaped.
+LEGACY_LAYOUTS = (r"attn/qkv/(kernel|bias)$",)  # (C, 3C) and (3C,) before the head-aligned (C, 3, H, D)
 
 
 def manager(directory, *, keep=3, create=True):
@@ -123,10 +133,18 @@ def _shapes(tree):
   return {name: tuple(leaf.shape) for name, leaf in trees.flatten(tree).items()}
 
 
+def _legacy(stored, wanted):
+  """{name: stored shape} of the leaves stored in an older layout (LEGACY_LAYOUTS) that restore reshapes."""
+  return {name: stored[name] for name, shape in wanted.items()
+          if name in stored and stored[name] != shape and len(stored[name]) < len(shape)
+          and math.prod(stored[name]) == math.prod(shape) and any(re.search(p, name) for p in LEGACY_LAYOUTS)}
+
+
 def check_fits(mngr, step, params):
   """UserError naming the parameter and both shapes if the stored parameters are not shaped like `params`."""
   stored = _shapes(mngr.item_metadata(step)[PARAMS].tree)
   wanted = _shapes(params)
+  stored.update({name: wanted[name] for name in _legacy(stored, wanted)})
   where = os.path.join(str(mngr.directory), str(step))
   missing, unexpected = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
   if missing or unexpected:
@@ -154,16 +172,50 @@ def _read_errors(mngr, step, item):
                     "aside to resume from the one before it") from None
 
 
+def _stored_name(path):
+  """A leaf's name as the checkpoint's tree spells it: attribute names count (an optax state's "trace"), and an
+  nnx Variable's array, stored as {"value": array}, is named by its Variable."""
+  parts = [str(k.key) if isinstance(k, jax.tree_util.DictKey) else str(k.idx) if isinstance(k, jax.tree_util.SequenceKey)
+           else k.name for k in path if not isinstance(k, jax.tree_util.FlattenedIndexKey)]
+  return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
+
+
+def _restore(mngr, step, item, template):
+  """Item `item` of `step` laid out like `template`; leaves in a legacy layout are read in their stored shape
+  (replicated) and reshaped into the template's shape and sharding."""
+  shapes = lambda tree: {_stored_name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  legacy = _legacy(shapes(mngr.item_metadata(step)[item].tree), shapes(template))
+
+  def as_stored(path, leaf):
+    shape = legacy.get(_stored_name(path))
+    if shape is None:
+      return leaf
+    where = getattr(leaf, "sharding", None)  # None: a numpy template
+    if isinstance(where, NamedSharding):
+      where = NamedSharding(where.mesh, PartitionSpec())
+    return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=where)
+
+  def converted(path, value, leaf):
+    if _stored_name(path) not in legacy:
+      return value
+    value = value.reshape(leaf.shape)
+    return jax.device_put(value, leaf.sharding) if hasattr(leaf, "sharding") else value
+
+  read = jax.tree_util.tree_map_with_path(as_stored, template) if legacy else template
+  restored = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(read)}))[item]
+  return jax.tree_util.tree_map_with_path(converted, restored, template) if legacy else restored
+
+
 def restore_params(mngr, step, params):
   """The parameters of `step`, laid out (shapes, dtypes, shardings) like the template `params`."""
   with _read_errors(mngr, step, PARAMS):
     check_fits(mngr, step, params)
-    return mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(params)}))[PARAMS]
+    return _restore(mngr, step, PARAMS, params)
 
 
 def restore_train(mngr, step, train):
   with _read_errors(mngr, step, TRAIN):
-    return mngr.restore(step, args=ocp.args.Composite(**{TRAIN: ocp.args.StandardRestore(train)}))[TRAIN]
+    return _restore(mngr, step, TRAIN, train)
 
 
 def restore_data(mngr, step, iterator):

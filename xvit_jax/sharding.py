@@ -27,9 +27,10 @@ BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2 ** 14  # smaller arrays (biases, norms, tokens) stay replicated
 
 RULES = (
-    # Attention: q, k, v columns and the output projection's rows split by heads over "tensor".
-    (r"attn/qkv/kernel$", ("fsdp", "tensor")),
-    (r"attn/qkv/bias$", ("tensor",)),
+    # Attention: whole heads of q, k and v (the kernel is (C, 3, H, D)) and the output projection's rows
+    # (head-major) split over "tensor": each device attends with its own heads, no communication.
+    (r"attn/qkv/kernel$", ("fsdp", None, "tensor", None)),
+    (r"attn/qkv/bias$", (None, "tensor", None)),
     (r"attn/proj/kernel$", ("tensor", "fsdp")),
     # MLP: hidden units split over "tensor" (fc1 columns, fc2 rows).
     (r"mlp/fc1/kernel$", ("fsdp", "tensor")),

@@ -3,8 +3,8 @@
 Parameters are plain nested dicts of numpy arrays, as `nnx.to_pure_dict(state)` gives them. Each rule
 pairs one of our parameters with one official key and says how the array changes on the way
 (reference section 4.3): Linear weights are transposed, the Conv2d weight goes OIHW -> HWIO, tokens and
-embeddings lose their leading singleton axes. The qkv projection keeps the official [q | k | v] head-major
-layout, so it is transposed and nothing else.
+embeddings lose their leading singleton axes. The official qkv weight (3C, C), rows [q | k | v] each head-major,
+is transposed and reshaped to our (C, 3, H, D) kernel (models/attention.py), its bias (3C,) to (3, H, D).
 """
 
 import numpy as np
@@ -15,9 +15,10 @@ from xvit_jax.errors import UserError
 _UNUSED_WITH_TA_HEAD = ("new_fc.weight", "new_fc.bias")
 
 
-def _linear(ours, theirs, bias=True):
-  rules = [(ours + ("kernel",), theirs + ".weight", "linear")]
-  return rules + ([(ours + ("bias",), theirs + ".bias", "same")] if bias else [])
+def _linear(ours, theirs, bias=True, kind="linear"):
+  """A Linear's rules; kind "qkv": the fused q, k, v projection, whose arrays also change shape."""
+  rules = [(ours + ("kernel",), theirs + ".weight", kind)]
+  return rules + ([(ours + ("bias",), theirs + ".bias", "same" if kind == "linear" else "qkv_bias")] if bias else [])
 
 
 def _norm(ours, theirs):
@@ -25,7 +26,7 @@ def _norm(ours, theirs):
 
 
 def _block(ours, theirs, qkv_bias=True):
-  return (_norm(ours + ("norm1",), theirs + ".norm1") + _linear(ours + ("attn", "qkv"), theirs + ".attn.qkv", qkv_bias)
+  return (_norm(ours + ("norm1",), theirs + ".norm1") + _linear(ours + ("attn", "qkv"), theirs + ".attn.qkv", qkv_bias, "qkv")
           + _linear(ours + ("attn", "proj"), theirs + ".attn.proj") + _norm(ours + ("norm2",), theirs + ".norm2")
           + _linear(ours + ("mlp", "fc1"), theirs + ".mlp.fc1") + _linear(ours + ("mlp", "fc2"), theirs + ".mlp.fc2"))
 
@@ -55,6 +56,9 @@ def rules(model_cfg):
 def to_ours(array, transform, shape):
   if transform == "linear":
     return array.T
+  if transform in ("qkv", "qkv_bias"):  # (3C, C) -> (C, 3, H, D); (3C,) -> (3, H, D)
+    array = array.T if transform == "qkv" else array
+    return array.reshape(shape) if array.size == int(np.prod(shape)) else array
   if transform == "conv":  # (O, I, kH, kW) -> (kH, kW, I, O)
     return array.transpose(2, 3, 1, 0)
   if transform in ("token", "temporal"):  # (1, 1, C), (1, N, C), (1, P, 1, C) -> (C,), (N, C), (P, C)
@@ -65,6 +69,10 @@ def to_ours(array, transform, shape):
 def _to_theirs(array, transform, official_shape):
   if transform == "linear":
     return array.T
+  if transform == "qkv":
+    return array.reshape(official_shape[::-1]).T
+  if transform == "qkv_bias":
+    return array.reshape(official_shape)
   if transform == "conv":
     return array.transpose(3, 2, 0, 1)
   if transform in ("token", "temporal"):
@@ -79,6 +87,10 @@ def _official_shape(transform, shape):
     return (1, shape[0], 1, shape[1])
   if transform == "linear":
     return shape[::-1]
+  if transform == "qkv":  # (C, 3, H, D) -> (3C, C)
+    return (int(np.prod(shape[1:])), shape[0])
+  if transform == "qkv_bias":
+    return (int(np.prod(shape)),)
   if transform == "conv":
     return (shape[3], shape[2], shape[0], shape[1])
   return shape

@@ -7,6 +7,7 @@ channel slice of `fold` channels may cover whole heads (reference section 2.1).
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 ATTENTION_TYPES = ("xvit", "spatial", "joint", "divided")
@@ -25,49 +26,61 @@ def dense(layer, x):
 def space_time_mix(x, *, fold, segment, window=1):
   """Paper eqs. 8-9: frame t's keys (or values) take channel slices from its neighbour frames.
 
-  x: (B, T, N, C), channels head-major. Consecutive groups of `fold` channels come, in order, from
-  frames t+1, t-1, t+2, t-2, ..., t+window, t-window (for window 1 exactly the official layout: [0, fold)
-  from t+1, [fold, 2 fold) from t-1); the other channels stay at t. Frames are cut into independent
-  segments of `segment` frames and a neighbour outside the segment gives zeros. All tokens move,
-  the CLS included. Queries are never mixed.
+  x: (B, T, N, C) or (B, T, N, H, D), channel c = h * D + d (head-major, as the official code). Consecutive groups of
+  `fold` channels come, in order, from frames t+1, t-1, t+2, t-2, ..., t+window, t-window (for window 1
+  exactly the official layout: [0, fold) from t+1, [fold, 2 fold) from t-1); the other channels stay at t.
+  Frames are cut into independent segments of `segment` frames and a neighbour outside the segment gives
+  zeros. All tokens move, the CLS included. Queries are never mixed.
+
+  Each group is a per-channel select between x and x shifted along time, never a slice and concatenation of
+  channels: the select is local on every device whatever splits the heads (the `tensor` axis), and only the
+  shift along time moves data (between devices only when the frames are split). A group may cover part of a
+  head (the official K600 model mixes 96 channels of 64-channel heads), which whole-head slicing could not.
   """
   if fold == 0:
     return x
-  b, t, n, c = x.shape
-  x = x.reshape(b, t // segment, segment, n, c)  # (B, T/segment, segment, N, C)
+  channel = jnp.arange(np.prod(x.shape[3:])).reshape(x.shape[3:])  # (C,) or (H, D)
   offsets = [sign * step for step in range(1, window + 1) for sign in (1, -1)]
-  groups = [_from_frame(x[..., i * fold:(i + 1) * fold], offset) for i, offset in enumerate(offsets)]
-  groups.append(x[..., len(offsets) * fold:])
-  return jnp.concatenate(groups, axis=-1).reshape(b, t, n, c)
+  out = x
+  for i, offset in enumerate(offsets):
+    taken = (channel >= i * fold) & (channel < (i + 1) * fold)  # broadcast over (B, T, N)
+    out = jnp.where(taken, _from_frame(x, offset, segment), out)
+  return out
 
 
-def _from_frame(x, offset):
-  """out[:, :, t] = x[:, :, t + offset] along the segment axis 2; zeros outside the segment."""
-  frames = x.shape[2]
-  if abs(offset) >= frames:
+def _from_frame(x, offset, segment):
+  """out[:, t] = x[:, t + offset] within each segment of `segment` frames along axis 1; zeros outside it."""
+  b, t = x.shape[:2]
+  if abs(offset) >= segment:
     return jnp.zeros_like(x)
+  x = x.reshape(b, t // segment, segment, *x.shape[2:])
   pad = [(0, 0)] * x.ndim
   if offset > 0:
     pad[2] = (0, offset)
-    return jnp.pad(x[:, :, offset:], pad)
-  pad[2] = (-offset, 0)
-  return jnp.pad(x[:, :, :offset], pad)
+    x = jnp.pad(x[:, :, offset:], pad)
+  else:
+    pad[2] = (-offset, 0)
+    x = jnp.pad(x[:, :, :offset], pad)
+  return x.reshape(b, t, *x.shape[3:])
 
 
 def summaries(x, count):
   """Paper section 3 "summary token": `count` tokens per frame, each the mean of a contiguous run of
-  the frame's tokens (count=1: the spatial mean of all S+1 tokens). (B, T, N, C) -> (B, T*count, C)."""
-  b, t, n, c = x.shape
+  the frame's tokens (count=1: the spatial mean of all S+1 tokens). (B, T, N, ...) -> (B, T*count, ...)."""
+  b, t, n = x.shape[:3]
   bounds = [round(i * n / count) for i in range(count + 1)]
   pooled = [x[:, :, lo:hi].mean(axis=2) for lo, hi in zip(bounds[:-1], bounds[1:])]
-  return jnp.stack(pooled, axis=2).reshape(b, t * count, c)
+  return jnp.stack(pooled, axis=2).reshape(b, t * count, *x.shape[3:])
 
 
-def dot_product_attention(q, k, v):
-  """softmax(q k^T / sqrt(d)) v. q: (..., Q, H, D), k and v: (..., K, H, D) -> (..., Q, H, D)."""
-  logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1] ** -0.5
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("...hqk,...khd->...qhd", weights, v)
+def dot_product_attention(q, k, v, implementation="xla"):
+  """softmax(q k^T / sqrt(d)) v through jax.nn.dot_product_attention, the softmax in float32 (its `xla`
+  implementation computes the logits in float32; `cudnn` is cuDNN's fused, flash-style kernel on GPUs).
+  q: (..., Q, H, D), k and v: (..., K, H, D) -> (..., Q, H, D); the leading axes are folded into one batch."""
+  lead = q.shape[:-3]
+  fold = lambda y: y.reshape(-1, *y.shape[-3:])
+  out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), implementation=implementation)
+  return out.reshape(*lead, *out.shape[1:])
 
 
 class Attention(nnx.Module):
@@ -76,19 +89,30 @@ class Attention(nnx.Module):
   `over` picks the tokens that attend to each other: "frame" (the N tokens of one frame; spatial and
   X-ViT), "clip" (all T*N tokens; joint) or "time" (the T tokens at one position; the temporal half of
   divided attention). `mix` = (fold, segment, window) applies space_time_mix to k and v.
+
+  The qkv kernel is (C, 3, H, D): q, k and v, head by head. Splitting H over the mesh's `tensor` axis gives
+  each device whole heads of all three, so attention needs no communication and the output projection (its
+  rows head-major, split the same way) one all-reduce: Megatron's layout. It is the official (3C, C) qkv
+  weight transposed and reshaped (convert/official.py); checkpoints of the older (C, 3C) kernel are
+  reshaped on restore (checkpoints.py).
   """
 
-  def __init__(self, dim, num_heads, *, qkv_bias=True, dtype=None, rngs):
+  def __init__(self, dim, num_heads, *, qkv_bias=True, implementation="xla", dtype=None, rngs):
     self.num_heads = num_heads
-    # One projection whose outputs are [q | k | v], each head-major: the official layout.
-    self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
+    self.implementation = implementation
+    head_dim = dim // num_heads
+    # fan-in C, fan-out 3C: the Xavier-uniform of the (C, 3C) projection, and with the same draws
+    init = jax.nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
+    self.qkv = nnx.Einsum("mc,cshd->mshd", (dim, 3, num_heads, head_dim), (3, num_heads, head_dim) if qkv_bias else None,
+                          kernel_init=init, dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(dim, dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
     b, t, n, c = x.shape
-    q, k, v = jnp.split(dense(self.qkv, x), 3, axis=-1)  # each (B, T, N, C)
+    qkv = self.qkv(x.reshape(-1, c)).reshape(b, t, n, 3, self.num_heads, c // self.num_heads)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # each (B, T, N, H, D)
     if summary_tokens:  # every frame also attends to the summaries of all frames (unmixed)
-      extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None], (b, t, t * summary_tokens, c))
+      extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None], (b, t, t * summary_tokens, *y.shape[3:]))
                           for y in (k, v))
     if mix is not None:
       fold, segment, window = mix
@@ -97,15 +121,14 @@ class Attention(nnx.Module):
     if summary_tokens:
       k, v = jnp.concatenate([k, extra_k], axis=2), jnp.concatenate([v, extra_v], axis=2)
 
-    heads = lambda y: y.reshape(*y.shape[:-1], self.num_heads, c // self.num_heads)
+    attend = lambda q, k, v: dot_product_attention(q, k, v, self.implementation)
     if over == "frame":
-      out = dot_product_attention(heads(q), heads(k), heads(v))  # (B, T, N, H, D)
+      out = attend(q, k, v)  # (B, T, N, H, D)
     elif over == "clip":
-      flat = lambda y: heads(y.reshape(b, -1, c))
-      out = dot_product_attention(flat(q), flat(k), flat(v))  # (B, T*N, H, D)
+      flat = lambda y: y.reshape(b, t * n, *y.shape[3:])
+      out = attend(flat(q), flat(k), flat(v))  # (B, T*N, H, D)
     elif over == "time":
-      by_position = lambda y: heads(y.swapaxes(1, 2))
-      out = dot_product_attention(by_position(q), by_position(k), by_position(v)).swapaxes(1, 2)
+      out = attend(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2)).swapaxes(1, 2)
     else:
       raise ValueError(f"unknown attention pattern {over!r}")
     return dense(self.proj, out.reshape(b, t, n, c))
