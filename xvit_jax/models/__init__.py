@@ -4,13 +4,14 @@ The modules take plain hyperparameters; this file owns the `model` config sectio
 checks) and `create_model`, the one place that maps the section onto them.
 """
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 from ml_collections import config_dict
 
 from xvit_jax import fields
-from xvit_jax.models.attention import ATTENTION_TYPES
+from xvit_jax.models.attention import ATTENTION_IMPLEMENTATIONS, ATTENTION_TYPES
 from xvit_jax.models.heads import CONSENSUS_TYPES
 from xvit_jax.models.vit import XViT
 
@@ -29,6 +30,7 @@ def default_config():
   m.image_size = 224
   m.num_classes = 400
   m.attention = "xvit"  # xvit | spatial | joint | divided
+  m.attention_impl = "xla"  # jax.nn.dot_product_attention's: xla (any device) | cudnn (GPUs, bf16/fp16: fused flash)
   m.shift_div = 4  # 1/shift_div of the k/v channels come from each neighbour frame (paper's rho = 2/shift_div)
   m.shift_layers = "all"  # blocks that mix: "all", "none", or indices such as "0-5" or "1,3,5"
   m.temporal_window = 1  # t_w: neighbours t-t_w .. t+t_w share channels (paper eqs. 8-9)
@@ -71,7 +73,7 @@ def create_model(cfg, *, dtype="float32", seed=0):
   return XViT(
       num_classes=cfg.num_classes, image_size=cfg.image_size, patch_size=cfg.patch_size,
       hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-      attention=cfg.attention, shift_div=cfg.shift_div, shift_layers=mixed,
+      attention=cfg.attention, attention_impl=cfg.get("attention_impl", "xla"), shift_div=cfg.shift_div, shift_layers=mixed,
       shift_segment=cfg.shift_segment or cfg.num_frames, temporal_window=cfg.temporal_window,
       temporal_embed_frames=cfg.temporal_embed_frames or cfg.num_frames,
       temporal_embed_fold_batch=cfg.temporal_embed_fold_batch, consensus=cfg.consensus,
@@ -94,6 +96,14 @@ def check_config(config):
     fields.positive_int(config, f"model.{field}")
   fields.one_of(config, "model.attention", ATTENTION_TYPES)
   fields.one_of(config, "model.consensus", CONSENSUS_TYPES)
+  fields.one_of(config, "model.attention_impl", ATTENTION_IMPLEMENTATIONS)
+  if m.attention_impl == "cudnn":
+    if config.dtype == "float32":
+      fields.fail("model.attention_impl", m.attention_impl, "xla with dtype=float32 (cuDNN's attention takes "
+                  "bfloat16 or float16: set --config.dtype=bfloat16)")
+    if jax.default_backend() != "gpu":
+      fields.fail("model.attention_impl", m.attention_impl, f"xla on this {jax.default_backend()} backend "
+                  "(cudnn needs an NVIDIA GPU)")
   if m.image_size % m.patch_size:
     fields.fail("model.image_size", m.image_size, f"a multiple of model.patch_size={m.patch_size}")
   if m.hidden_size % m.num_heads:

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 ATTENTION_TYPES = ("xvit", "spatial", "joint", "divided")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's `implementation`
 # Dense kernels start as in the original ViT (Xavier-uniform): scaled by width, so even a small model's
 # attention is far from uniform at step 0. Imported weights replace it anyway.
 DENSE_INIT = jax.nn.initializers.xavier_uniform()

@@ -35,7 +35,7 @@ class Block(nnx.Module):
   """
 
   def __init__(self, dim, num_heads, mlp_dim, *, attention="spatial", mix=None, summary_tokens=0,
-               qkv_bias=True, eps=1e-6, droppath=0.0, dtype=None, rngs):
+               qkv_bias=True, eps=1e-6, droppath=0.0, attention_impl="xla", dtype=None, rngs):
     self.over = "clip" if attention == "joint" else "frame"
     self.mix = mix
     self.summary_tokens = summary_tokens
@@ -43,12 +43,13 @@ class Block(nnx.Module):
     norm = lambda: nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
     if attention == "divided":
       self.temporal_norm = norm()
-      self.temporal_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
+      self.temporal_attn = Attention(dim, num_heads, qkv_bias=qkv_bias, implementation=attention_impl, dtype=dtype,
+                                     rngs=rngs)
       zeros = jax.nn.initializers.zeros
       self.temporal_fc = nnx.Linear(dim, dim, kernel_init=zeros, dtype=dtype, rngs=rngs)
     self.divided = attention == "divided"
     self.norm1 = norm()
-    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, implementation=attention_impl, dtype=dtype, rngs=rngs)
     self.norm2 = norm()
     self.mlp = Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
 

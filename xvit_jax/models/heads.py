@@ -29,11 +29,11 @@ class TemporalAttentionHead(nnx.Module):
   """
 
   def __init__(self, dim, num_classes, *, num_heads, mlp_dim, head_mlp_dim, num_layers=1, dropout=0.0,
-               eps=1e-5, dtype=None, rngs):
+               eps=1e-5, attention_impl="xla", dtype=None, rngs):
     self.cls_token = nnx.Param(jnp.zeros((dim,)))
     self.dropout = nnx.Dropout(dropout)
-    self.encoder = nnx.List([Block(dim, num_heads, mlp_dim, qkv_bias=False, eps=eps, dtype=dtype, rngs=rngs)
-                             for _ in range(num_layers)])
+    self.encoder = nnx.List([Block(dim, num_heads, mlp_dim, qkv_bias=False, eps=eps, attention_impl=attention_impl,
+                                   dtype=dtype, rngs=rngs) for _ in range(num_layers)])
     self.norm = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
     self.fc1 = nnx.Linear(dim, head_mlp_dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(head_mlp_dim, num_classes, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)

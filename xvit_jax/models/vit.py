@@ -21,7 +21,7 @@ class XViT(nnx.Module):
   `head_*` values (the temporal-attention head's) are concrete numbers."""
 
   def __init__(self, *, num_classes, image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, attention,
-               shift_div, shift_layers, shift_segment, temporal_window, temporal_embed_frames,
+               shift_div, attention_impl="xla", shift_layers, shift_segment, temporal_window, temporal_embed_frames,
                temporal_embed_fold_batch, consensus, summary_tokens, dropout, droppath, norm_eps, remat,
                head_num_layers, head_num_heads, head_mlp_dim, head_hidden_size, head_norm_eps, dtype=jnp.float32,
                rngs):
@@ -43,7 +43,8 @@ class XViT(nnx.Module):
     self.blocks = nnx.List([
         Block(dim, num_heads, mlp_dim, attention=attention,
               mix=(dim // shift_div, shift_segment, temporal_window) if i in mixed else None,
-              summary_tokens=summary_tokens, eps=norm_eps, droppath=rates[i], dtype=dtype, rngs=rngs)
+              summary_tokens=summary_tokens, eps=norm_eps, droppath=rates[i], attention_impl=attention_impl,
+              dtype=dtype, rngs=rngs)
         for i in range(num_layers)])
     self.norm = nnx.LayerNorm(dim, epsilon=norm_eps, dtype=dtype, rngs=rngs)
 
@@ -52,7 +53,8 @@ class XViT(nnx.Module):
     else:
       self.head = heads.TemporalAttentionHead(
           dim, num_classes, num_heads=head_num_heads, mlp_dim=head_mlp_dim, head_mlp_dim=head_hidden_size,
-          num_layers=head_num_layers, dropout=dropout, eps=head_norm_eps, dtype=dtype, rngs=rngs)
+          num_layers=head_num_layers, dropout=dropout, eps=head_norm_eps, attention_impl=attention_impl, dtype=dtype,
+          rngs=rngs)
 
   def features(self, video, *, train=False, rngs=None):
     """(B, T, H, W, 3) -> final-LayerNorm CLS token of every frame, (B, T, C)."""

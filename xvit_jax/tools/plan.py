@@ -249,6 +249,17 @@ def memory_without_analysis(message, arguments, donated):
   return out
 
 
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def collectives(hlo):
+  """{kind: count} of the collectives in a compiled program's text (an asynchronous pair, `-start` and `-done`,
+  counts once): what the step moves between chips. Spatial attention and X-ViT have the same on every mesh
+  without a frames axis; a tensor axis adds all-reduces only (Megatron), never an all-to-all."""
+  found = re.findall(r"\b(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", hlo)
+  return {kind: found.count(kind) for kind in COLLECTIVES}
+
+
 def loops(hlo):
   """{"while": loops in a compiled program's text, "windowed_matmuls": those of them that are XLA's windowed
   matmuls (an all-gather or reduce-scatter of sharded weights overlapped with the matmul, a shard an
@@ -349,6 +360,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
     plan["compiled_to_model_flops"] = plan["compiled_flops_per_chip"] * n / per_step
     plan["hlo"] = steps["train"].as_text()  # the compiled program's text (--hlo); not in the JSON
     plan["compiled_loops"] = loops(plan["hlo"])
+    plan["compiled_collectives"] = collectives(plan["hlo"])
     plan["flops_reasons"] = flops_reasons(config, sizes, plan["compiled_to_model_flops"], plan["compiled_loops"])
     fits = plan["per_chip_bytes"]["total"] <= usable
   else:  # the compiler refused it: its message, and the bytes of the arguments from their shapes
@@ -356,6 +368,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
     plan["per_chip_bytes"] = memory_without_analysis(steps["train_oom"], tree_bytes(state) + tree_bytes(steps["batch"]),
                                                      tree_bytes(state))
     plan["compiled_flops_per_chip"] = plan["compiled_to_model_flops"] = plan["hlo"] = None
+    plan["compiled_collectives"] = None
     plan["flops_reasons"], fits = [], False
   if with_eval:
     # while training, the eval step runs with the whole train state on the chip, not only its parameters
@@ -423,6 +436,9 @@ def text(plan):
     model += (f"; the compiled step: {plan['compiled_flops_per_chip'] / 1e12:.3f} TFLOP per chip, "
               f"{plan['compiled_to_model_flops']:.2f}x the model's over the slice")
   lines.append(model)
+  if plan["compiled"]:
+    counts = ", ".join(f"{kind} {count}" for kind, count in plan["compiled_collectives"].items() if count)
+    lines.append(f"collectives in the compiled train step: {counts or 'none'}")
   for reason in plan["flops_reasons"]:
     lines.append(f"  (the compiled count differs: {reason})")
   lines.append(f"at {100 * plan['mfu']:.0f}% MFU ({plan['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s bf16 peak per "
