@@ -253,11 +253,17 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 
 
 def collectives(hlo):
-  """{kind: count} of the collectives in a compiled program's text (an asynchronous pair, `-start` and `-done`,
-  counts once): what the step moves between chips. Spatial attention and X-ViT have the same on every mesh
-  without a frames axis; a tensor axis adds all-reduces only (Megatron), never an all-to-all."""
-  found = re.findall(r"\b(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", hlo)
-  return {kind: found.count(kind) for kind in COLLECTIVES}
+  """{kind: count} of the collectives in a compiled program's text: what the step moves between chips. One
+  collective counts once: an asynchronous pair (`-start`, `-done`) and the pieces the TPU compiler may cut it
+  into (they share its channel_id). Spatial attention and X-ViT have the same on every mesh without a frames
+  axis; a tensor axis adds all-reduces only (Megatron), never an all-to-all."""
+  seen = {kind: set() for kind in COLLECTIVES}
+  for number, line in enumerate(hlo.splitlines()):
+    found = re.search(r"\b(" + "|".join(COLLECTIVES) + r")(?:-start)?\(", line)
+    if found and " = " in line:
+      channel = re.search(r"channel_id=(\d+)", line)
+      seen[found.group(1)].add(channel.group(1) if channel else f"line {number}")
+  return {kind: len(ids) for kind, ids in seen.items()}
 
 
 def loops(hlo):
