@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xvit_jax import sharding
+
 ATTENTION_TYPES = ("xvit", "spatial", "joint", "divided")
 # Dense kernels start as in the original ViT (Xavier-uniform): scaled by width, so even a small model's
 # attention is far from uniform at step 0. Imported weights replace it anyway.
@@ -18,7 +20,10 @@ DENSE_INIT = jax.nn.initializers.xavier_uniform()
 def dense(layer, x):
   """`layer` (an nnx.Linear) on the last axis of x with the leading axes flattened: the same numbers, but
   every gradient matmul is then 2-D, which XLA's CPU backend runs about 3x faster in bfloat16 (a
-  contraction over several axes falls off its fast path; measured in BENCHMARKS.md)."""
+  contraction over several axes falls off its fast path; measured in BENCHMARKS.md). Not with frames split over
+  chips (sharding.split_frames), where flattening would gather them."""
+  if sharding.traced_frames() > 1:
+    return layer(x)
   return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
