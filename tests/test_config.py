@@ -43,10 +43,10 @@ BAD = [
     ({"eval.sampling": "segment", "eval.temporal_views": 4}, "config.eval.temporal_views=4", "1..3"),
     ({"data.label_names": "kinetics400"}, "config.data.label_names='kinetics400'", "kinetics600"),
     ({"data.label_names": "kinetics600"}, "config.data.label_names='kinetics600'", "num_classes=3 names (it has 600)"),
-    ({"mesh.data": 2, "mesh.fsdp": 4}, "config.mesh data=2 fsdp=4 tensor=1", "needs 8 devices, there are 4"),
-    ({"mesh.fsdp": 3}, "config.mesh data=-1 fsdp=3 tensor=1", "4 is not a multiple of 3"),
-    ({"mesh.data": -1, "mesh.fsdp": -1}, "config.mesh data=-1 fsdp=-1 tensor=1", "at most one -1"),
-    ({"mesh.data": 0}, "config.mesh data=0 fsdp=1 tensor=1", "sizes are positive"),
+    ({"mesh.data": 2, "mesh.fsdp": 4}, "config.mesh data=2 fsdp=4 frames=1 tensor=1", "needs 8 devices, there are 4"),
+    ({"mesh.fsdp": 3}, "config.mesh data=-1 fsdp=3 frames=1 tensor=1", "4 is not a multiple of 3"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "config.mesh data=-1 fsdp=-1 frames=1 tensor=1", "at most one -1"),
+    ({"mesh.data": 0}, "config.mesh data=0 fsdp=1 frames=1 tensor=1", "sizes are positive"),
     ({"grad_accum_steps": 3}, "config.batch_size=4", "grad_accum_steps=3 micro-batches"),
     ({"grad_accum_steps": 0}, "config.grad_accum_steps=0", "positive integer"),
     ({"checkpoint_keep": 0}, "config.checkpoint_keep=0", "positive integer"),
@@ -278,7 +278,7 @@ def test_mode_config_prints_the_resolved_config_as_json_without_workdir_data_or_
   assert printed["optimizer"]["learning_rate"] == pytest.approx(0.48)  # 0.03 x 1024 / 64
   assert printed["optimizer"]["warmup_start_lr"] == pytest.approx(0.16)  # 0.01 x 1024 / 64
   assert (printed["eval_every"], printed["checkpoint_every"], printed["epochs"]) == (234, 234, 30)
-  assert printed["mesh"] == {"data": -1, "fsdp": 1, "tensor": 1}  # the devices resolve -1 at start
+  assert printed["mesh"] == {"data": -1, "fsdp": 1, "frames": 1, "tensor": 1}  # the devices resolve -1 at start
   k400 = load("configs/k400.py", cwd=REPO)
   k400.batch_size, k400.data.data_dir = 1024, "/no/such/dir"
   assert printed == json.loads(json.dumps(optim.resolve_schedule(k400)[0].to_dict()))  # nested as the config

@@ -1,4 +1,4 @@
-"""Sharding over a data/fsdp/tensor mesh, gradient accumulation, remat and mixed precision: each gives
+"""Sharding over a data/fsdp/frames/tensor mesh, gradient accumulation, remat and mixed precision: each gives
 the training an unsharded float32 step gives, on real multi-device meshes."""
 
 import json
@@ -18,7 +18,7 @@ from xvit_jax import state as state_lib
 from xvit_jax.errors import UserError
 from xvit_jax.models import create_model
 
-MESH = AbstractMesh((2, 4, 2), sharding.AXES)
+MESH = AbstractMesh((2, 4, 1, 2), sharding.AXES)
 
 
 @pytest.mark.parametrize("name,shape,spec", [
@@ -44,10 +44,34 @@ def test_rules_place_each_parameter(name, shape, spec):
 
 
 def test_mesh_sizes_resolve_and_mismatches_name_the_numbers():
-  assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {"data": 4, "fsdp": 2, "tensor": 1}
-  assert sharding.mesh_shape({"data": 1, "fsdp": -1, "tensor": 2}, 8) == {"data": 1, "fsdp": 4, "tensor": 2}
-  with pytest.raises(UserError, match=r"config.mesh data=2 fsdp=4 tensor=2 needs 16 devices, there are 8"):
+  assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {"data": 4, "fsdp": 2, "frames": 1,
+                                                                         "tensor": 1}
+  assert sharding.mesh_shape({"data": 1, "frames": 2, "tensor": -1}, 8) == {"data": 1, "fsdp": 1, "frames": 2,
+                                                                           "tensor": 4}
+  with pytest.raises(UserError, match=r"config.mesh data=2 fsdp=4 frames=1 tensor=2 needs 16 devices, there are 8"):
     sharding.mesh_shape({"data": 2, "fsdp": 4, "tensor": 2}, 8)
+
+
+def test_frames_the_model_or_the_hosts_cannot_split_are_refused_in_one_line():
+  """mesh.frames: attention within a frame only, whole frames a chip, X-ViT's mixing segments whole on a chip or
+  whole chips to a segment, a frames group on one host; what can work passes."""
+  refused = [
+      ({"attention": "joint"}, 4, 8, "config.mesh.frames=4", "model.attention='joint'"),
+      ({"attention": "divided"}, 4, 8, "config.mesh.frames=4", "model.attention='divided'"),
+      ({"num_frames": 6}, 4, 8, "config.mesh.frames=4", "a divisor of model.num_frames=6"),
+      ({"num_frames": 12, "shift_segment": 2}, 4, 8, "config.model.shift_segment=2", "mesh.frames=4 segments (now 6)"),
+      ({"num_frames": 8}, 8, 4, "config.mesh frames=8 x tensor=1 spans hosts", "a process has 4 devices"),
+  ]
+  for model, frames, per_host, culprit, allowed in refused:
+    config = tiny_config(**model)
+    config.mesh.frames = frames
+    with pytest.raises(UserError) as error:
+      sharding.check_config(config, 16, per_host)
+    assert culprit in str(error.value) and allowed in str(error.value) and "\n" not in str(error.value)
+  for model in ({"shift_segment": None}, {"shift_segment": 2}, {"shift_segment": 4}, {"attention": "spatial"}):
+    config = tiny_config(num_frames=8, **model)
+    config.mesh.frames = 4
+    sharding.check_config(config, 16, 4)
 
 
 # 8 host devices, set before JAX starts: the state's placement, then `python -m xvit_jax.main`'s training
@@ -72,15 +96,19 @@ for workdir, overrides in json.loads(sys.argv[1]).items():
 
 STEPS = ["--config.total_steps=3", "--config.log_every=1", "--config.eval_every=3",
          "--config.augment.mixup=0.4", "--config.augment.mixup_group=4", "--config.optimizer.label_smoothing=0.1"]
-MESHES = {"dp2_fsdp4": (2, 4, 1), "dp2_fsdp2_tp2": (2, 2, 2)}
+TA = ("--config.model.consensus=temporal_attention", "--config.model.num_frames=8")
+# {name: ((data, fsdp, frames, tensor), model overrides)}; frames=4 splits the demo's 4 frames one a chip (avg
+# head) and 8 frames two a chip under the temporal-attention head: X-ViT's mixing then crosses chips
+MESHES = {"dp2_fsdp4": ((2, 4, 1, 1), ()), "dp2_fsdp2_tp2": ((2, 2, 1, 2), ()), "dp2_frames4": ((2, 1, 4, 1), ()),
+          "dp2_frames4_ta": ((2, 1, 4, 1), TA)}
 
 
 @pytest.fixture(scope="module")
 def on_8_devices(tmp_path_factory):
   """One process with 8 devices: (the state's placement, its stdout, the workdir of each of MESHES)."""
   root = tmp_path_factory.mktemp("sharded")
-  runs = {str(root / name): [*STEPS, f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}",
-                             f"--config.mesh.tensor={tensor}"] for name, (data, fsdp, tensor) in MESHES.items()}
+  runs = {str(root / name): [*STEPS, *model, *(f"--config.mesh.{axis}={n}" for axis, n in zip(sharding.AXES, sizes))]
+          for name, (sizes, model) in MESHES.items()}
   result = subprocess.run([sys.executable, "-c", ON_8_DEVICES, json.dumps(runs)], cwd=REPO, env=cpu_env(8),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -100,23 +128,31 @@ def test_state_is_created_sharded_on_eight_devices(on_8_devices):
 
 
 def test_sharded_training_equals_one_device(on_8_devices, tmp_path):
-  """The same global batch on 1 device, on data=2 x fsdp=4 and on data=2 x fsdp=2 x tensor=2: the same
-  losses and parameters after 3 steps, within float32 reduction-order tolerance; mixup included, in groups
-  of 4 rows of the global batch whatever the mesh (a group spans 4 devices on data=2 x fsdp=4)."""
+  """The same global batch on 1 device, on data=2 x fsdp=4, on data=2 x fsdp=2 x tensor=2 and on data=2 x
+  frames=4: the same losses and parameters after 3 steps, and the same evaluation (its loss, of the logits
+  of every eval view), within float32 reduction-order tolerance; mixup included, in groups of 4 rows of the global batch
+  whatever the mesh (a group spans 4 devices on data=2 x fsdp=4)."""
   _, stdout, workdirs = on_8_devices
-  single, _ = train_main(tmp_path, *STEPS)  # this process: one device
-  assert "1 device(s)" in single and "mesh data=1 x fsdp=1 x tensor=1" in single
-  for data, fsdp, tensor in MESHES.values():
-    assert f"8 device(s) in 1 process(es), mesh data={data} x fsdp={fsdp} x tensor={tensor}" in stdout
-  start = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(create_model(main_config().model, seed=0), nnx.Param)))
-  params = final_params(tmp_path)
-  moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start)))
-  assert moved > 1e-3, "three steps must move the parameters, or the comparison proves nothing"
-  losses = [r["train/loss"] for r in read_metrics(tmp_path)]
-  for workdir in workdirs.values():
-    np.testing.assert_allclose([r["train/loss"] for r in read_metrics(workdir)], losses, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(final_params(workdir)), jax.tree.leaves(params)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for name, (sizes, _) in MESHES.items():
+    mesh = " x ".join(f"{axis}={n}" for axis, n in zip(sharding.AXES, sizes))
+    assert f"8 device(s) in 1 process(es), mesh {mesh}" in stdout, name
+  for model in dict.fromkeys(model for _, model in MESHES.values()):
+    single, _ = train_main(tmp_path / str(len(model)), *STEPS, *model)  # this process: one device
+    assert "1 device(s)" in single and "mesh data=1 x fsdp=1 x frames=1 x tensor=1" in single
+    start = nnx.to_pure_dict(nnx.state(create_model(main_config(*model).model, seed=0), nnx.Param))
+    params = final_params(tmp_path / str(len(model)), main_config(*model).model)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start)))
+    assert moved > 1e-3, "three steps must move the parameters, or the comparison proves nothing"
+    metrics = read_metrics(tmp_path / str(len(model)))
+    for name, workdir in workdirs.items():
+      if MESHES[name][1] != model:
+        continue
+      sharded = read_metrics(workdir)
+      np.testing.assert_allclose([r["train/loss"] for r in sharded], [r["train/loss"] for r in metrics], rtol=1e-5)
+      np.testing.assert_allclose(sharded[-1]["eval/loss"], metrics[-1]["eval/loss"], rtol=1e-5)
+      assert sharded[-1]["eval/top1"] == metrics[-1]["eval/top1"]
+      for a, b in zip(jax.tree.leaves(final_params(workdir, main_config(*model).model)), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def _one_step(config, batch):

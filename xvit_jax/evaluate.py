@@ -21,17 +21,17 @@ def _joint_log_probs(logits, bounds):
   return joint
 
 
-def make_eval_step(graphdef, label_heads=None):
+def make_eval_step(graphdef, label_heads=None, mesh=None):
   """jit'd (params, batch) -> sums over the batch's videos: "loss", "top1", "top5", "count", "skipped",
   and with several label heads (EPIC) "<head>_top1" / "<head>_top5" for each, "top1"/"top5" then being
   the action: every head right (top-5 over the joint scores, as the EPIC action metric).
 
   batch["video"] is pixels (B, views, T, H, W, 3) in [0, 255] (data.pipeline), normalised here
   (preprocess.normalize); the views' logits are summed per video (the official fusion).
-  label_heads: (heads, bounds) as xvit_jax.data.label_heads gives them; None: one head."""
+  label_heads: (heads, bounds) as xvit_jax.data.label_heads gives them; None: one head. mesh: the one the
+  batch is on, to trace over (sharding.traced_over); None: no mesh."""
   heads, bounds = label_heads or (None, None)
 
-  @jax.jit
   def eval_step(params, batch):
     b, views = batch["video"].shape[:2]
     video = preprocess.normalize(batch["video"].reshape(b * views, *batch["video"].shape[2:]))
@@ -55,7 +55,7 @@ def make_eval_step(graphdef, label_heads=None):
     sums["top1"], sums["top5"] = jnp.sum(top[:, 0] * mask), jnp.sum(top.any(axis=1) * mask)
     return sums
 
-  return eval_step
+  return jax.jit(sharding.traced_over(mesh, eval_step))
 
 
 def evaluate(eval_step, params, batches, to_global):
@@ -99,7 +99,7 @@ def make_evaluator(config, graphdef, mesh, rows, workers=0):
   """params -> evaluate(...) over config.data's eval split, each video cut into the views config.eval
   describes (sources.EvalViews) by `workers` grain worker processes (0: this process); this process reads
   `rows` of each global batch of config.batch_size."""
-  eval_step = make_eval_step(graphdef, data.label_heads(config))
+  eval_step = make_eval_step(graphdef, data.label_heads(config), mesh)
   source, views_fn = sources.source(config, "eval"), sources.EvalViews(config)
   to_global = lambda batch: sharding.global_batch(mesh, batch, config.batch_size)
   return lambda params: evaluate(

@@ -34,7 +34,10 @@ def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
 
   With config.grad_accum_steps = n > 1 the batch is cut into n micro-batches (rows i, i+n, i+2n, ...: each
   spread over all devices) whose gradients are averaged in float32 by a scan, so the step equals one
-  over the whole batch (dropout masks aside) with 1/n of the activation memory."""
+  over the whole batch (dropout masks aside) with 1/n of the activation memory.
+
+  `shardings` (the state's, state.create) place the new state; the step is traced over their mesh, so the
+  model lays its activations out on it (sharding.split_frames: mesh.frames)."""
   (heads, bounds), smoothing = label_heads(config), config.optimizer.label_smoothing
   accum = config.grad_accum_steps
 
@@ -94,7 +97,8 @@ def make_train_step(config, graphdef, tx, schedule, *, shardings=None):
 
   if shardings is None:
     return jax.jit(train_step, donate_argnums=0)
-  return jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
+  mesh = jax.tree.leaves(shardings)[0].mesh
+  return jax.jit(sharding.traced_over(mesh, train_step), out_shardings=(shardings, None), donate_argnums=0)
 
 
 class Preempted(Exception):

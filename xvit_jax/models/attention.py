@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xvit_jax import sharding
+
 ATTENTION_TYPES = ("xvit", "spatial", "joint", "divided")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")  # jax.nn.dot_product_attention's `implementation`
 # Dense kernels start as in the original ViT (Xavier-uniform): scaled by width, so even a small model's
@@ -20,7 +22,10 @@ DENSE_INIT = jax.nn.initializers.xavier_uniform()
 def dense(layer, x):
   """`layer` (an nnx.Linear) on the last axis of x with the leading axes flattened: the same numbers, but
   every gradient matmul is then 2-D, which XLA's CPU backend runs about 3x faster in bfloat16 (a
-  contraction over several axes falls off its fast path; measured in BENCHMARKS.md)."""
+  contraction over several axes falls off its fast path; measured in BENCHMARKS.md). Not with frames split over
+  chips (sharding.split_frames), where flattening would gather them."""
+  if sharding.traced_frames() > 1:
+    return layer(x)
   return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
@@ -104,13 +109,14 @@ class Attention(nnx.Module):
     head_dim = dim // num_heads
     # fan-in C, fan-out 3C: the Xavier-uniform of the (C, 3C) projection, and with the same draws
     init = jax.nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
-    self.qkv = nnx.Einsum("mc,cshd->mshd", (dim, 3, num_heads, head_dim), (3, num_heads, head_dim) if qkv_bias else None,
+    self.qkv = nnx.Einsum("...c,cshd->...shd", (dim, 3, num_heads, head_dim), (3, num_heads, head_dim) if qkv_bias else None,
                           kernel_init=init, dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(dim, dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
     b, t, n, c = x.shape
-    qkv = self.qkv(x.reshape(-1, c)).reshape(b, t, n, 3, self.num_heads, c // self.num_heads)
+    qkv = self.qkv(x if sharding.traced_frames() > 1 else x.reshape(-1, c))  # flattened as dense() does
+    qkv = qkv.reshape(b, t, n, 3, self.num_heads, c // self.num_heads)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # each (B, T, N, H, D)
     if summary_tokens:  # every frame also attends to the summaries of all frames (unmixed)
       extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None], (b, t, t * summary_tokens, *y.shape[3:]))

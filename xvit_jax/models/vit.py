@@ -11,8 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xvit_jax import sharding
 from xvit_jax.models import heads
 from xvit_jax.models.blocks import Block
+
+
+def patch_matmul(conv, video):
+  """The patch embedding `conv` (an nnx.Conv whose stride is its kernel) on (B, T, H, W, 3) as a matmul of
+  each patch's pixels -> (B, T, S, C), patches in raster order: the conv's numbers with no axis merged."""
+  b, t, h, w, c = video.shape
+  p, q = conv.kernel_size
+  patches = video.reshape(b, t, h // p, p, w // q, q, c).swapaxes(3, 4).reshape(b, t, -1, p * q * c)
+  kernel = conv.kernel[...].astype(video.dtype)
+  return patches @ kernel.reshape(-1, kernel.shape[-1]) + conv.bias[...].astype(video.dtype)
 
 
 class XViT(nnx.Module):
@@ -59,7 +70,10 @@ class XViT(nnx.Module):
   def features(self, video, *, train=False, rngs=None):
     """(B, T, H, W, 3) -> final-LayerNorm CLS token of every frame, (B, T, C)."""
     b, t, h, w, _ = video.shape
-    x = self.patch_embed(video.reshape(b * t, h, w, 3).astype(self.dtype))  # (B*T, h/p, w/p, C)
+    if sharding.traced_frames() > 1:  # frames split over chips: B and T must not be merged (split_frames)
+      x = sharding.split_frames(patch_matmul(self.patch_embed, video.astype(self.dtype)))
+    else:
+      x = self.patch_embed(video.reshape(b * t, h, w, 3).astype(self.dtype))  # (B*T, h/p, w/p, C)
     x = x.reshape(b, t, -1, x.shape[-1])  # (B, T, S, C), patches in raster order
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, t, 1, x.shape[-1]))
     x = jnp.concatenate([cls, x], axis=2) + self.pos_embed[...].astype(x.dtype)  # (B, T, N, C)

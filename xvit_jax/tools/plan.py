@@ -139,7 +139,7 @@ def tree_bytes(tree):
 def train_batch(config, mesh):
   """The global train batch as data.pipeline makes it (its docstring): uint8 clips, labels, the bad-record
   count, erasing boxes (augment.random_erasing > 0 on a prepared dataset) and mixup's draws (augment.mixup),
-  split over the batch axes as sharding.global_batch places it."""
+  split over the batch axes (the video's frames over mesh.frames) as sharding.global_batch places it."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from xvit_jax.data import label_heads, sources  # pylint: disable=import-outside-toplevel
   m, b = config.model, config.batch_size
@@ -169,7 +169,7 @@ def eval_batch(config, mesh):
 def placed(specs, mesh):
   import jax  # pylint: disable=import-outside-toplevel
   from xvit_jax import sharding  # pylint: disable=import-outside-toplevel
-  return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+  return {key: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape), key))
           for key, (shape, dtype) in specs.items()}
 
 
@@ -189,16 +189,17 @@ def compiled_flops(compiled):
   return float(cost.get("flops", 0.0))
 
 
-def resolve(config, chip_count, topology):
+def resolve(config, chip_count, topology, chips_per_host=None):
   """The config as training resolves it (optim.resolve_schedule), checked as training checks it with
-  `chip_count` devices; a mesh the slice cannot hold is a UserError naming config.mesh and the chips."""
+  `chip_count` devices (`chips_per_host` to a process); a mesh the slice cannot hold is a UserError naming
+  config.mesh and the chips."""
   from xvit_jax import config_lib, optim, sharding  # pylint: disable=import-outside-toplevel
   config_lib.check(config, None)
   try:
     sizes = sharding.mesh_shape(config.mesh, chip_count)
   except UserError as e:  # it names config.mesh and the device count
     raise UserError(f"{e} ({topology} is a slice of {chip_count} chips, one device each)") from None
-  sharding.check_config(config, chip_count)
+  sharding.check_config(config, chip_count, chips_per_host or chip_count)
   return optim.resolve_schedule(config)[0], sizes
 
 
@@ -232,7 +233,7 @@ def compile_steps(config, devices, *, with_eval=True):
   out["train_seconds"] = time.perf_counter() - started
   if with_eval:
     started = time.perf_counter()
-    step = evaluate.make_eval_step(graphdef, data.label_heads(config))
+    step = evaluate.make_eval_step(graphdef, data.label_heads(config), mesh)
     out["eval"], out["eval_oom"] = compile_for_tpu(step.lower(state["params"], eval_batch(config, mesh)))
     out["eval_seconds"] = time.perf_counter() - started
   return out
@@ -337,7 +338,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
   """The plan of `config` on the slice `topology` as a JSON-ready dict (see the module docstring)."""
   from xvit_jax import flops  # pylint: disable=import-outside-toplevel
   kind, _, devices, chips_per_host = slice_devices(topology)
-  config, sizes = resolve(config, len(devices), topology)
+  config, sizes = resolve(config, len(devices), topology, chips_per_host)
   chip = chips.by_name(kind.chip)
   usable = int(USABLE_HBM_GIB[kind.chip] * GIB)
   steps = compile_steps(config, devices, with_eval=with_eval)
@@ -350,7 +351,8 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
   plan = {
       "topology": topology, "chip": chip.name, "device_kind": devices[0].device_kind, "chips": n,
       "chips_per_host": chips_per_host, "hosts": n // chips_per_host, "mesh": sizes, "batch_size": batch,
-      "per_chip_batch": per_chip_batch, "grad_accum_steps": config.grad_accum_steps, "dtype": config.dtype,
+      "per_chip_batch": per_chip_batch, "frames_per_chip": config.model.num_frames // sizes["frames"],
+      "grad_accum_steps": config.grad_accum_steps, "dtype": config.dtype,
       "remat": bool(config.model.get("remat", False)), "compiled": steps["train"] is not None,
       "hbm_bytes": chip.hbm_bytes, "hbm_source": chip.source, "usable_hbm_bytes": usable,
       "flops_per_clip": per_clip, "flops_per_step": per_step, "mfu": mfu, "peak_flops_per_chip": chip.peak_flops,
@@ -410,9 +412,10 @@ def text(plan):
   """The plan as the lines the command prints."""
   m, hbm, usable = plan["per_chip_bytes"], plan["hbm_bytes"], plan["usable_hbm_bytes"]
   mesh = " ".join(f"{a}={n}" for a, n in plan["mesh"].items())
+  frames = f", {plan['frames_per_chip']} frame(s) of each" if plan["mesh"]["frames"] > 1 else ""
   lines = [f"{plan['topology']}: {plan['chips']} {plan['chip']} chips ({plan['device_kind']}), {plan['hosts']} "
            f"host(s) of {plan['chips_per_host']}; mesh {mesh}; batch {plan['batch_size']} ({plan['per_chip_batch']} "
-           f"clip(s) per chip), {plan['dtype']}, remat {'on' if plan['remat'] else 'off'}, grad_accum_steps "
+           f"clip(s) per chip{frames}), {plan['dtype']}, remat {'on' if plan['remat'] else 'off'}, grad_accum_steps "
            f"{plan['grad_accum_steps']}"]
   if plan["compiled"]:
     lines.append("train step, per chip (XLA's memory analysis):")
