@@ -188,14 +188,20 @@ def traced_frames():
   return 1 if mesh.empty else mesh.shape.get("frames", 1)
 
 
-def split_frames(x):
-  """Activations (B, T, ...) laid out as the video: rows over the batch axes, frames over "frames", when traced
-  over a mesh whose frames axis is above 1 (traced_over); otherwise x as it is (no mesh, one device).
-  Such activations must not be reshaped with B and T merged: a chip's rows and frames are no contiguous run
-  of B*T, so XLA would gather the frames."""
-  if traced_frames() == 1:
+def split_frames(x, *rest):
+  """Activations (B, T, ...) laid out as the video, when traced over a mesh of several devices (traced_over):
+  rows over the batch axes, frames over "frames" (when above 1 and dividing T), the later axes as `rest` says
+  (None: whole on every chip) or, past it, as XLA chooses; otherwise x as it is (no mesh, one device).
+  Pinned at every block and around the mixing, XLA never moves the token stream between the batch and the
+  channels (an FSDP step would otherwise reshuffle it with all-to-alls), nor gathers split frames.
+  With frames split such activations must not be reshaped with B and T merged: a chip's rows and frames are
+  no contiguous run of B*T, so XLA would gather the frames."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
     return x
-  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, "frames", *([None] * (x.ndim - 2))))
+  frames = "frames" if traced_frames() > 1 and x.shape[1] % traced_frames() == 0 else None
+  rest = list(rest) + [P.UNCONSTRAINED] * (x.ndim - 2 - len(rest))
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, frames, *rest))
 
 
 def process_rows(mesh, global_batch):

@@ -5,6 +5,8 @@ channels. Channels of q, k and v are head-major, c = h * head_dim + d, as in the
 channel slice of `fold` channels may cover whole heads (reference section 2.1).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,19 +57,18 @@ def space_time_mix(x, *, fold, segment, window=1):
 
 
 def _from_frame(x, offset, segment):
-  """out[:, t] = x[:, t + offset] within each segment of `segment` frames along axis 1; zeros outside it."""
-  b, t = x.shape[:2]
+  """out[:, t] = x[:, t + offset] along the frames axis 1, zeros where t + offset leaves t's segment of
+  `segment` frames. A shift along T and a mask over T, never a reshape of T into segments: with the frames
+  split over chips (mesh.frames) the shift is a halo exchange with the next chip, and nothing else moves."""
+  t = x.shape[1]
   if abs(offset) >= segment:
     return jnp.zeros_like(x)
-  x = x.reshape(b, t // segment, segment, *x.shape[2:])
   pad = [(0, 0)] * x.ndim
-  if offset > 0:
-    pad[2] = (0, offset)
-    x = jnp.pad(x[:, :, offset:], pad)
-  else:
-    pad[2] = (-offset, 0)
-    x = jnp.pad(x[:, :, :offset], pad)
-  return x.reshape(b, t, *x.shape[3:])
+  pad[1] = (0, offset) if offset > 0 else (-offset, 0)
+  shifted = sharding.split_frames(jnp.pad(x[:, offset:] if offset > 0 else x[:, :offset], pad))
+  source = np.arange(t) % segment + offset  # the neighbour's position in t's segment (static)
+  inside = ((source >= 0) & (source < segment)).reshape(1, t, *[1] * (x.ndim - 2))
+  return jnp.where(inside, shifted, jnp.zeros((), x.dtype))
 
 
 def summaries(x, count):
@@ -82,11 +83,12 @@ def summaries(x, count):
 def dot_product_attention(q, k, v, implementation="xla"):
   """softmax(q k^T / sqrt(d)) v through jax.nn.dot_product_attention, the softmax in float32 (its `xla`
   implementation computes the logits in float32; `cudnn` is cuDNN's fused, flash-style kernel on GPUs).
-  q: (..., Q, H, D), k and v: (..., K, H, D) -> (..., Q, H, D); the leading axes are folded into one batch."""
-  lead = q.shape[:-3]
-  fold = lambda y: y.reshape(-1, *y.shape[-3:])
-  out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), implementation=implementation)
-  return out.reshape(*lead, *out.shape[1:])
+  q: (B, ..., Q, H, D), k and v: (B, ..., K, H, D) -> (B, ..., Q, H, D). The axes between B and Q are mapped
+  over (vmap), not merged into B: B and T split over different mesh axes cannot be merged without a gather."""
+  attend = functools.partial(jax.nn.dot_product_attention, implementation=implementation)
+  for _ in range(q.ndim - 4):
+    attend = jax.vmap(attend, in_axes=1, out_axes=1)
+  return attend(q, k, v)
 
 
 class Attention(nnx.Module):
@@ -116,8 +118,8 @@ class Attention(nnx.Module):
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
     b, t, n, c = x.shape
     qkv = self.qkv(x if sharding.traced_frames() > 1 else x.reshape(-1, c))  # flattened as dense() does
-    qkv = qkv.reshape(b, t, n, 3, self.num_heads, c // self.num_heads)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # each (B, T, N, H, D)
+    qkv = sharding.split_frames(qkv.reshape(b, t, n, 3, self.num_heads, c // self.num_heads))
+    q, k, v = (sharding.split_frames(qkv[..., i, :, :]) for i in range(3))  # each (B, T, N, H, D)
     if summary_tokens:  # every frame also attends to the summaries of all frames (unmixed)
       extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None], (b, t, t * summary_tokens, *y.shape[3:]))
                           for y in (k, v))

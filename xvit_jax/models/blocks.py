@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xvit_jax import sharding
 from xvit_jax.models.attention import DENSE_INIT, Attention, dense
 
 
@@ -54,6 +55,7 @@ class Block(nnx.Module):
     self.mlp = Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, train=False, rngs=None):
+    x = sharding.split_frames(x, None, None)  # (B, T, N, C): the residual stream whole on each chip of a group
     residual = lambda y: drop_path(y, self.droppath, train=train, rngs=rngs)
     if self.divided:
       x = x + residual(dense(self.temporal_fc, self.temporal_attn(self.temporal_norm(x), over="time")))
