@@ -120,7 +120,7 @@ def test_the_model_takes_plain_hyperparameters_and_create_model_maps_the_config_
   model = XViT(num_classes=3, image_size=16, patch_size=8, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
                attention="xvit", shift_div=4, shift_layers=(1,), shift_segment=4, temporal_window=1,
                temporal_embed_frames=8, temporal_embed_fold_batch=False, consensus="temporal_attention",
-               summary_tokens=0, dropout=0.0, droppath=0.0, norm_eps=1e-6, remat=False, head_num_layers=1,
+               summary_tokens=0, dropout=0.0, droppath=0.0, norm_eps=1e-6, head_num_layers=1,
                head_num_heads=4, head_mlp_dim=64, head_hidden_size=32, head_norm_eps=1e-5, rngs=nnx.Rngs(params=0))
   assert [block.mix for block in model.blocks] == [None, (8, 4, 1)]
   np.testing.assert_array_equal(model(video), create_model(cfg.model, seed=0)(video))
