@@ -30,6 +30,8 @@ BAD = [
     ({"model.shift_layers": "first"}, "config.model.shift_layers='first'", '"all"'),
     ({"model.summary_tokens": 1, "model.attention": "joint"}, "config.model.summary_tokens=1", "xvit or spatial"),
     ({"model.dropout": 1.5}, "config.model.dropout=1.5", "[0, 1)"),
+    ({"model.remat_policy": "some"}, "config.model.remat_policy='some'", "one of none, full, dots"),
+    ({"model.remat": True, "model.remat_policy": "none"}, "config.model.remat_policy='none'", "model.remat=True"),
     ({"model.num_frames": 0}, "config.model.num_frames=0", "positive integer"),
     ({"dtype": "float64"}, "config.dtype='float64'", "bfloat16"),
     ({"data.name": "kinetics"}, "config.data.name='kinetics'", "synthetic"),
