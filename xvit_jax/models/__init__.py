@@ -132,9 +132,9 @@ def check_config(config):
     fields.fail("model.summary_tokens", m.summary_tokens,
                 f"0 with model.attention={m.attention!r} (xvit or spatial only)")
   fields.rate(config, "model.dropout", "model.droppath")
-  if m.remat_policy is not None:
+  if m.get("remat_policy") is not None:  # get: a config saved before the field existed has none
     fields.one_of(config, "model.remat_policy", tuple(REMAT_POLICIES))
-  if m.remat and m.remat_policy == "none":
+  if m.get("remat", False) and m.get("remat_policy") == "none":
     fields.fail("model.remat_policy", m.remat_policy, "full or dots with model.remat=True (remat=True means full)")
   head_heads = m.head.num_heads or m.num_heads
   if m.consensus == "temporal_attention" and m.hidden_size % head_heads:
