@@ -33,6 +33,8 @@ BAD = [
     ({"model.attention_impl": "cudnn"}, "config.model.attention_impl='cudnn'", "xla with dtype=float32"),
     ({"model.attention_impl": "cudnn", "dtype": "bfloat16"}, "config.model.attention_impl='cudnn'", "cudnn needs an NVIDIA GPU"),
     ({"model.dropout": 1.5}, "config.model.dropout=1.5", "[0, 1)"),
+    ({"model.remat_policy": "some"}, "config.model.remat_policy='some'", "one of none, full, dots"),
+    ({"model.remat": True, "model.remat_policy": "none"}, "config.model.remat_policy='none'", "model.remat=True"),
     ({"model.num_frames": 0}, "config.model.num_frames=0", "positive integer"),
     ({"dtype": "float64"}, "config.dtype='float64'", "bfloat16"),
     ({"data.name": "kinetics"}, "config.data.name='kinetics'", "synthetic"),

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from xvit_jax.flops import forward_flops
 from xvit_jax.models import XViT, create_model
 
 
@@ -120,7 +121,49 @@ def test_the_model_takes_plain_hyperparameters_and_create_model_maps_the_config_
   model = XViT(num_classes=3, image_size=16, patch_size=8, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
                attention="xvit", shift_div=4, shift_layers=(1,), shift_segment=4, temporal_window=1,
                temporal_embed_frames=8, temporal_embed_fold_batch=False, consensus="temporal_attention",
-               summary_tokens=0, dropout=0.0, droppath=0.0, norm_eps=1e-6, remat=False, head_num_layers=1,
+               summary_tokens=0, dropout=0.0, droppath=0.0, norm_eps=1e-6, head_num_layers=1,
                head_num_heads=4, head_mlp_dim=64, head_hidden_size=32, head_norm_eps=1e-5, rngs=nnx.Rngs(params=0))
   assert [block.mix for block in model.blocks] == [None, (8, 4, 1)]
   np.testing.assert_array_equal(model(video), create_model(cfg.model, seed=0)(video))
+
+
+@pytest.mark.parametrize("attention,layers,shift_layers,loops", [
+    ("xvit", 5, "1-2", 2), ("spatial", 3, "all", 1), ("divided", 3, "all", 1)])
+def test_scanned_blocks_give_the_numbers_of_the_loop(attention, layers, shift_layers, loops):
+  """Each run of alike blocks scanned (X-ViT's 5 blocks mixing in 1 and 2: runs [0] [1 2] [3 4]) gives the
+  loop's logits and, training with drop path and dropout, its gradients; the compiled forward holds one loop
+  per scanned run: blocks whose drop-path rates differ share one."""
+  video = random_video(tiny_config(), clips=2)
+  out = {}
+  for scan in (False, True):
+    cfg = tiny_config(attention=attention, shift_layers=shift_layers, num_layers=layers, droppath=0.3, dropout=0.2,
+                      consensus="temporal_attention", scan_layers=scan)
+    graphdef, params = nnx.split(create_model(cfg.model, seed=0), nnx.Param)
+
+    def loss(p, graphdef=graphdef):
+      logits = nnx.merge(graphdef, p)(video, train=True, rngs=nnx.Rngs(dropout=7))
+      return -jax.nn.log_softmax(logits)[:, 0].mean()
+
+    forward = jax.jit(lambda p, graphdef=graphdef: nnx.merge(graphdef, p)(video)).lower(params).compile()
+    out[scan] = forward(params), jax.jit(jax.grad(loss))(params), forward.as_text().count(" while(")
+  np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
+  for unscanned, scanned in zip(jax.tree.leaves(out[False][1]), jax.tree.leaves(out[True][1])):
+    # float32 sums in another order: within 5e-6 of the largest gradient of the leaf
+    np.testing.assert_allclose(scanned, unscanned, atol=5e-6 * float(np.abs(unscanned).max()))
+  assert (out[False][2], out[True][2]) == (0, loops)
+
+
+def test_drop_path_acts_in_training_scanned_or_not():
+  video = random_video(tiny_config(), clips=4)
+  for scan in (False, True):
+    model = create_model(tiny_config(num_layers=2, droppath=0.5, scan_layers=scan).model, seed=0)
+    assert not np.allclose(model(video, train=True, rngs=nnx.Rngs(dropout=0)), model(video), atol=1e-4)
+
+
+def test_model_flops_count_every_block_of_a_scanned_model():
+  """XLA counts a loop's body once; the model FLOPs (flops.py, MFU's numerator) count every scanned block."""
+  scanned, unscanned = (tiny_config(num_layers=4, scan_layers=scan).model for scan in (True, False))
+  lowered_flops = lambda m: jax.jit(lambda v, model=create_model(m): model(v)).lower(random_video(tiny_config())
+                                                                                     ).cost_analysis()["flops"]
+  assert lowered_flops(scanned) < 0.6 * lowered_flops(unscanned)  # what the count would be without flops.py's care
+  assert forward_flops(scanned, batch=2) == forward_flops(unscanned, batch=2) > 0

@@ -16,7 +16,8 @@ from conftest import REPO, cpu_env, final_params, main_config, read_metrics, tin
 from xvit_jax import optim, sharding, train
 from xvit_jax import state as state_lib
 from xvit_jax.errors import UserError
-from xvit_jax.models import create_model
+from xvit_jax.models import create_model, remat_policy
+from xvit_jax.models.scan import REMAT_POLICIES
 
 MESH = AbstractMesh((2, 4, 1, 2), sharding.AXES)
 
@@ -194,21 +195,71 @@ def test_gradient_accumulation_equals_the_whole_batch(float32_step):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_remat_gives_the_same_gradients_with_less_memory():
+# 8 host devices: the train step of 4 alike blocks (one scanned run) on data=1 x fsdp=4 x tensor=2, compiled;
+# prints its argument bytes, the per-chip bytes of its state and batch, the stacked (4, ...) kernel shapes in
+# its program and each block kernel's whole and per-chip shape
+SCANNED_ON_8_DEVICES = """
+import json, re, sys
+sys.path.insert(0, "tests")
+import numpy as np
+from conftest import tiny_config
+from xvit_jax import optim, sharding, state, train, trees
+from xvit_jax.tools import plan
+c = tiny_config(num_layers=4, hidden_size=128, num_heads=4, mlp_dim=512, num_frames=4, image_size=16)
+c.batch_size, c.augment.mixup_group = 8, 1
+c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
+mesh = sharding.make_mesh(c.mesh)
+tx, schedule = optim.make_optimizer(c.optimizer, c.total_steps)
+graphdef, abstract, shardings = state.abstract(c, tx, mesh)
+batch = plan.train_batch(c, mesh)
+compiled = train.make_train_step(c, graphdef, tx, schedule, shardings=shardings).lower(abstract, batch).compile()
+per_chip = lambda leaf: int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+kernels = {name: [list(leaf.shape), list(leaf.sharding.shard_shape(leaf.shape))]
+           for name, leaf in trees.flatten(abstract["params"]).items()
+           if name.startswith("blocks/0/") and name.endswith("kernel")}
+print(json.dumps({"arguments": int(compiled.memory_analysis().argument_size_in_bytes),
+                  "per_chip": sum(per_chip(leaf) for leaf in trees.flatten({"s": abstract, "b": batch}).values()),
+                  "stacked": sorted(set(re.findall(r"f32\\[4,([\\d,]+)\\]", compiled.as_text()))),
+                  "kernels": kernels}))
+"""
+
+
+def test_scanned_blocks_keep_their_parameters_sharded():
+  """Scanning stacks a run's parameters in the step: the stack stays split over fsdp and tensor as the
+  parameters are (only per-chip shapes in the program), and the step's arguments stay the sharded state."""
+  result = subprocess.run([sys.executable, "-c", SCANNED_ON_8_DEVICES], cwd=REPO, env=cpu_env(8),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout.splitlines()[-1])
+  assert out["arguments"] == out["per_chip"]
+  stacked = {tuple(map(int, shape.split(","))) for shape in out["stacked"]}  # (4, ...): one (...) per block
+  assert len(out["kernels"]) == 4
+  for name, (whole, shard) in out["kernels"].items():
+    assert whole != shard, name  # sharded, or the check proves nothing
+    assert tuple(shard) in stacked and tuple(whole) not in stacked, (name, out["stacked"])
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_remat_gives_the_same_gradients_with_less_memory(scan_layers):
+  """Every model.remat_policy, on the blocks scanned or looped over, gives the gradients of none; full keeps
+  the least for the backward pass, dots (the dense layers' outputs) less than none; model.remat=True is full."""
   video = jax.random.normal(jax.random.key(1), (8, 4, 16, 16, 3))
   grads, temp = {}, {}
-  for remat in (False, True):
-    config = tiny_config(num_layers=6, droppath=0.3, dropout=0.2, remat=remat)
+  for policy in REMAT_POLICIES:
+    config = tiny_config(num_layers=6, droppath=0.3, dropout=0.2, scan_layers=scan_layers, remat_policy=policy)
     graphdef, params = nnx.split(create_model(config.model), nnx.Param)
 
     def loss(p, graphdef=graphdef):
       return nnx.merge(graphdef, p)(video, train=True, rngs=nnx.Rngs(dropout=5)).sum()
 
     compiled = jax.jit(jax.grad(loss)).lower(params).compile()
-    grads[remat], temp[remat] = compiled(params), compiled.memory_analysis().temp_size_in_bytes
-  for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert temp[True] < 0.6 * temp[False], temp
+    grads[policy], temp[policy] = compiled(params), compiled.memory_analysis().temp_size_in_bytes
+  for policy in ("full", "dots"):
+    for a, b in zip(jax.tree.leaves(grads[policy]), jax.tree.leaves(grads["none"])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert temp["full"] < 0.6 * temp["none"], temp
+  assert temp["full"] < temp["dots"] < temp["none"], temp
+  assert remat_policy(tiny_config(remat=True).model) == "full"
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(float32_step):

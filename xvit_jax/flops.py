@@ -18,8 +18,9 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (gradients of activations and 
 def forward_flops(model_cfg, *, batch=1, dtype="float32"):
   """FLOPs of one inference forward pass on `batch` clips, as XLA counts them (2 per multiply-add)."""
   model_cfg = model_cfg.copy_and_resolve_references()
-  if "remat" in model_cfg:
-    model_cfg.remat = False  # the model's FLOPs, not the recomputation
+  with model_cfg.unlocked():  # a config written before these fields existed may lack them
+    # the model's FLOPs, not remat's recomputation; every block, not a scan's body counted once
+    model_cfg.remat, model_cfg.remat_policy, model_cfg.scan_layers = False, "none", False
   graphdef, params = nnx.split(nnx.eval_shape(lambda: create_model(model_cfg, dtype=dtype)))
   video = jax.ShapeDtypeStruct((batch, model_cfg.num_frames, model_cfg.image_size, model_cfg.image_size, 3), jnp.float32)
   forward = jax.jit(lambda p, v: nnx.merge(graphdef, p)(v))

@@ -13,9 +13,11 @@ from ml_collections import config_dict
 from xvit_jax import fields
 from xvit_jax.models.attention import ATTENTION_IMPLEMENTATIONS, ATTENTION_TYPES
 from xvit_jax.models.heads import CONSENSUS_TYPES
+from xvit_jax.models.scan import REMAT_POLICIES
 from xvit_jax.models.vit import XViT
 
-__all__ = ["XViT", "abstract_params", "check_config", "create_model", "default_config", "shift_layer_indices"]
+__all__ = ["XViT", "abstract_params", "check_config", "create_model", "default_config", "remat_policy",
+           "shift_layer_indices"]
 
 
 def default_config():
@@ -42,7 +44,9 @@ def default_config():
   m.dropout = 0.5  # before the head, and inside the temporal-attention head's MLP
   m.droppath = 0.0  # stochastic depth, rising linearly to this over the blocks
   m.norm_eps = 1e-6  # backbone LayerNorm epsilon
-  m.remat = False  # recompute each block's activations in the backward pass (less memory, ~1/3 more compute)
+  m.scan_layers = True  # run each run of alike blocks as one scan: one block to compile per run
+  m.remat_policy = config_dict.placeholder(str)  # none | full | dots: what a block keeps for the backward pass
+  m.remat = False  # True: remat_policy "full" (recompute each block in the backward pass: less memory, +1/3 compute)
   m.head = ml_collections.ConfigDict()  # the temporal-attention head; None or 0 follows the backbone
   m.head.num_layers = 1
   m.head.num_heads = config_dict.placeholder(int)
@@ -66,6 +70,11 @@ def shift_layer_indices(spec, num_layers):
   return tuple(sorted(layers))
 
 
+def remat_policy(cfg):
+  """The `config.model` section's remat policy: `remat_policy`, or "full" with `remat=True`, else "none"."""
+  return cfg.get("remat_policy") or ("full" if cfg.get("remat", False) else "none")
+
+
 def create_model(cfg, *, dtype="float32", seed=0):
   """Builds XViT from `config.model` with parameters drawn from `seed` (float32 parameters)."""
   head = cfg.head
@@ -78,9 +87,10 @@ def create_model(cfg, *, dtype="float32", seed=0):
       temporal_embed_frames=cfg.temporal_embed_frames or cfg.num_frames,
       temporal_embed_fold_batch=cfg.temporal_embed_fold_batch, consensus=cfg.consensus,
       summary_tokens=cfg.summary_tokens, dropout=cfg.dropout, droppath=cfg.droppath, norm_eps=cfg.norm_eps,
-      remat=cfg.get("remat", False), head_num_layers=head.num_layers, head_num_heads=head.num_heads or cfg.num_heads,
+      head_num_layers=head.num_layers, head_num_heads=head.num_heads or cfg.num_heads,
       head_mlp_dim=head.mlp_dim or cfg.mlp_dim, head_hidden_size=head.hidden_size or cfg.hidden_size,
-      head_norm_eps=head.norm_eps, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(params=seed))
+      head_norm_eps=head.norm_eps, scan_layers=cfg.get("scan_layers", True), remat_policy=remat_policy(cfg),
+      dtype=jnp.dtype(dtype), rngs=nnx.Rngs(params=seed))
 
 
 def abstract_params(cfg):
@@ -132,6 +142,10 @@ def check_config(config):
     fields.fail("model.summary_tokens", m.summary_tokens,
                 f"0 with model.attention={m.attention!r} (xvit or spatial only)")
   fields.rate(config, "model.dropout", "model.droppath")
+  if m.get("remat_policy") is not None:  # get: a config saved before the field existed has none
+    fields.one_of(config, "model.remat_policy", tuple(REMAT_POLICIES))
+  if m.get("remat", False) and m.get("remat_policy") == "none":
+    fields.fail("model.remat_policy", m.remat_policy, "full or dots with model.remat=True (remat=True means full)")
   head_heads = m.head.num_heads or m.num_heads
   if m.consensus == "temporal_attention" and m.hidden_size % head_heads:
     fields.fail("model.head.num_heads", head_heads, f"a divisor of model.hidden_size={m.hidden_size}")

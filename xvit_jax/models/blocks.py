@@ -8,11 +8,12 @@ from xvit_jax import sharding
 from xvit_jax.models.attention import DENSE_INIT, Attention, dense
 
 
-def drop_path(x, rate, *, train, rngs):
-  """Stochastic depth: drops the whole residual branch of a clip with probability `rate`."""
-  if not train or rate == 0.0:
+def drop_path(x, rate, key):
+  """Stochastic depth: drops the whole residual branch of a clip with probability `rate` (a float or a traced
+  scalar, so blocks that differ only in their rate are one program under a scan); no key: the identity."""
+  if key is None:
     return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+  keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
@@ -33,14 +34,15 @@ class Block(nnx.Module):
   attention: "xvit" and "spatial" attend within each frame (xvit with `mix` set mixes k and v across
   frames), "joint" attends over the whole clip, "divided" first attends over time at each position
   (TimeSformer: its own norm, attention and zero-initialised temporal_fc) and then within the frame.
+  The drop-path rate is an argument, not an attribute, so the backbone's blocks differ only where their
+  programs do (mixing or not) and runs of alike blocks can be scanned.
   """
 
   def __init__(self, dim, num_heads, mlp_dim, *, attention="spatial", mix=None, summary_tokens=0,
-               qkv_bias=True, eps=1e-6, droppath=0.0, attention_impl="xla", dtype=None, rngs):
+               qkv_bias=True, eps=1e-6, attention_impl="xla", dtype=None, rngs):
     self.over = "clip" if attention == "joint" else "frame"
     self.mix = mix
     self.summary_tokens = summary_tokens
-    self.droppath = droppath
     norm = lambda: nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
     if attention == "divided":
       self.temporal_norm = norm()
@@ -54,9 +56,12 @@ class Block(nnx.Module):
     self.norm2 = norm()
     self.mlp = Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, *, train=False, rngs=None):
+  def __call__(self, x, *, droppath=0.0, key=None):
+    """`key` (training with drop path): each residual branch drops with probability `droppath`, its own key
+    split from `key`; None: no drop path."""
     x = sharding.split_frames(x, None, None)  # (B, T, N, C): the residual stream whole on each chip of a group
-    residual = lambda y: drop_path(y, self.droppath, train=train, rngs=rngs)
+    keys = iter(jax.random.split(key, 3) if key is not None else [None] * 3)
+    residual = lambda y: drop_path(y, droppath, next(keys))
     if self.divided:
       x = x + residual(dense(self.temporal_fc, self.temporal_attn(self.temporal_norm(x), over="time")))
     x = x + residual(self.attn(self.norm1(x), over=self.over, mix=self.mix, summary_tokens=self.summary_tokens))

@@ -42,7 +42,7 @@ class TemporalAttentionHead(nnx.Module):
     x = self.dropout(frames, deterministic=not train, rngs=rngs)
     cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
     x = jnp.concatenate([cls, x], axis=1)[:, None]  # (B, 1, T+1, C): one "frame" of T+1 tokens
-    for block in self.encoder:
-      x = block(x, train=train, rngs=rngs)
+    for block in self.encoder:  # usually one layer: a loop, not a scan
+      x = block(x)
     z = nnx.gelu(self.fc1(self.norm(x[:, 0, 0])), approximate=False)
     return self.fc2(self.dropout(z, deterministic=not train, rngs=rngs))

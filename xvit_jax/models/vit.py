@@ -14,6 +14,7 @@ from flax import nnx
 from xvit_jax import sharding
 from xvit_jax.models import heads
 from xvit_jax.models.blocks import Block
+from xvit_jax.models.scan import run_blocks
 
 
 def patch_matmul(conv, video):
@@ -29,19 +30,21 @@ def patch_matmul(conv, video):
 class XViT(nnx.Module):
   """The video transformer. Its hyperparameters are the `config.model` fields of the same names, resolved
   by `xvit_jax.models.create_model` (which documents them): `shift_layers` are block indices, and the
-  `head_*` values (the temporal-attention head's) are concrete numbers."""
+  `head_*` values (the temporal-attention head's) are concrete numbers; `remat_policy` is resolved (none, full
+  or dots)."""
 
   def __init__(self, *, num_classes, image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, attention,
-               shift_div, attention_impl="xla", shift_layers, shift_segment, temporal_window, temporal_embed_frames,
-               temporal_embed_fold_batch, consensus, summary_tokens, dropout, droppath, norm_eps, remat,
-               head_num_layers, head_num_heads, head_mlp_dim, head_hidden_size, head_norm_eps, dtype=jnp.float32,
-               rngs):
+               shift_div, shift_layers, shift_segment, temporal_window, temporal_embed_frames,
+               temporal_embed_fold_batch, consensus, summary_tokens, dropout, droppath, norm_eps, head_num_layers,
+               head_num_heads, head_mlp_dim, head_hidden_size, head_norm_eps, attention_impl="xla", scan_layers=True,
+               remat_policy="none", dtype=jnp.float32, rngs):
     dim, patch = hidden_size, patch_size
     num_patches = (image_size // patch) ** 2
     self.embed_period = temporal_embed_frames
     self.embed_fold_batch = temporal_embed_fold_batch
     self.dtype = dtype
-    self.remat = remat
+    self.scan_layers = scan_layers
+    self.remat_policy = remat_policy
     embed_init = jax.nn.initializers.normal(dim ** -0.5)  # as big_vision's learned position embedding
 
     self.patch_embed = nnx.Conv(3, dim, kernel_size=(patch, patch), strides=(patch, patch), padding="VALID",
@@ -50,12 +53,12 @@ class XViT(nnx.Module):
     self.pos_embed = nnx.Param(embed_init(rngs.params(), (1 + num_patches, dim)))  # index 0: the CLS position
     self.temp_embed = nnx.Param(jnp.zeros((self.embed_period, dim)))  # zeros, as the paper and code
     mixed = shift_layers if attention == "xvit" else ()
-    rates = np.linspace(0.0, droppath, num_layers).tolist()
+    self.droppath = droppath
+    self.droppath_rates = tuple(np.linspace(0.0, droppath, num_layers).tolist())  # block i's, rising linearly
     self.blocks = nnx.List([
         Block(dim, num_heads, mlp_dim, attention=attention,
               mix=(dim // shift_div, shift_segment, temporal_window) if i in mixed else None,
-              summary_tokens=summary_tokens, eps=norm_eps, droppath=rates[i], attention_impl=attention_impl,
-              dtype=dtype, rngs=rngs)
+              summary_tokens=summary_tokens, eps=norm_eps, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
         for i in range(num_layers)])
     self.norm = nnx.LayerNorm(dim, epsilon=norm_eps, dtype=dtype, rngs=rngs)
 
@@ -81,11 +84,9 @@ class XViT(nnx.Module):
     if self.embed_fold_batch:  # (clip * T + t) mod period: differs only when T is not a multiple of it
       index = jnp.arange(b)[:, None] * t + index
     x = x + self.temp_embed[...][index % self.embed_period][..., None, :].astype(x.dtype)
-    run = lambda block, x, rngs: block(x, train=train, rngs=rngs)
-    if self.remat:  # keep only each block's input for the backward pass; recompute the rest
-      run = nnx.remat(run)
-    for block in self.blocks:
-      x = run(block, x, rngs)
+    key = rngs.dropout() if train and self.droppath else None  # one key for drop path; block i folds in i
+    x = run_blocks(self.blocks, x, rates=self.droppath_rates, key=key, scan=self.scan_layers,
+                   remat=self.remat_policy)
     return self.norm(x)[:, :, 0]
 
   def __call__(self, video, *, train=False, rngs=None):

@@ -275,14 +275,26 @@ def loops(hlo):
   return {"while": len(re.findall(r" while\(", hlo)), "windowed_matmuls": len(windowed)}
 
 
+def remat_policy(model_config):
+  """`config.model`'s remat policy resolved (models.remat_policy), imported when needed as jax is."""
+  from xvit_jax import models  # pylint: disable=import-outside-toplevel
+  return models.remat_policy(model_config)
+
+
 def flops_reasons(config, mesh_sizes, ratio, counted):
   """Why the compiled step's FLOPs (all chips) differ from the model FLOPs by `ratio` (compiled / model), for
   a program with the `counted` loops (loops())."""
   if abs(ratio - 1) <= 0.03:
     return []
   reasons = []
-  if config.model.get("remat", False):
-    reasons.append("model.remat recomputes each block's forward in the backward pass (up to about +1/3)")
+  recomputed = {"full": "each block's forward", "dots": "each block's forward but its dense layers"}
+  policy = remat_policy(config.model)
+  if policy in recomputed:
+    reasons.append(f"model.remat_policy={policy} recomputes {recomputed[policy]} in the backward pass (up to "
+                   "about +1/3)")
+  if config.model.get("scan_layers", True) and config.model.num_layers > 1:
+    reasons.append("model.scan_layers runs each run of alike blocks as a loop whose body (one block) XLA counts "
+                   "once (--config.model.scan_layers=False counts every block)")
   if counted["windowed_matmuls"]:
     reasons.append(f"{counted['windowed_matmuls']} matmuls are windowed loops that overlap gathering their fsdp- or "
                    "tensor-sharded weights with the multiplication, and XLA counts a loop's body (one shard) once")
@@ -321,8 +333,8 @@ def suggestions(config, sizes):
   if sizes["fsdp"] == 1 and shards > 1:
     out.append(f"--config.mesh.fsdp={shards} --config.mesh.data=1: parameters and optimizer state sharded over "
                f"the {shards} chips instead of whole on each")
-  if not config.model.get("remat", False):
-    out.append("--config.model.remat=True: keep only each block's input for the backward pass, not its "
+  if remat_policy(config.model) != "full":
+    out.append("--config.model.remat_policy=full: keep only each block's input for the backward pass, not its "
                "activations")
   if per_chip > 1:
     out.append(f"--config.batch_size={per_chip // 2 * shards}: {per_chip // 2} clip(s) per chip instead of "
@@ -353,7 +365,8 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
       "chips_per_host": chips_per_host, "hosts": n // chips_per_host, "mesh": sizes, "batch_size": batch,
       "per_chip_batch": per_chip_batch, "frames_per_chip": config.model.num_frames // sizes["frames"],
       "grad_accum_steps": config.grad_accum_steps, "dtype": config.dtype,
-      "remat": bool(config.model.get("remat", False)), "compiled": steps["train"] is not None,
+      "remat": remat_policy(config.model) != "none", "remat_policy": remat_policy(config.model),
+      "scan_layers": bool(config.model.get("scan_layers", True)), "compiled": steps["train"] is not None,
       "hbm_bytes": chip.hbm_bytes, "hbm_source": chip.source, "usable_hbm_bytes": usable,
       "flops_per_clip": per_clip, "flops_per_step": per_step, "mfu": mfu, "peak_flops_per_chip": chip.peak_flops,
       "step_seconds": step_seconds, "clips_per_second_per_chip": per_chip_rate,
@@ -415,7 +428,8 @@ def text(plan):
   frames = f", {plan['frames_per_chip']} frame(s) of each" if plan["mesh"]["frames"] > 1 else ""
   lines = [f"{plan['topology']}: {plan['chips']} {plan['chip']} chips ({plan['device_kind']}), {plan['hosts']} "
            f"host(s) of {plan['chips_per_host']}; mesh {mesh}; batch {plan['batch_size']} ({plan['per_chip_batch']} "
-           f"clip(s) per chip{frames}), {plan['dtype']}, remat {'on' if plan['remat'] else 'off'}, grad_accum_steps "
+           f"clip(s) per chip{frames}), {plan['dtype']}, remat {plan['remat_policy']}, layers "
+           f"{'scanned' if plan['scan_layers'] else 'unrolled'}, grad_accum_steps "
            f"{plan['grad_accum_steps']}"]
   if plan["compiled"]:
     lines.append("train step, per chip (XLA's memory analysis):")
