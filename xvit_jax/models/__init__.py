@@ -44,7 +44,7 @@ def default_config():
   m.dropout = 0.5  # before the head, and inside the temporal-attention head's MLP
   m.droppath = 0.0  # stochastic depth, rising linearly to this over the blocks
   m.norm_eps = 1e-6  # backbone LayerNorm epsilon
-  m.scan_layers = True  # run each run of alike blocks as one scan: one block to compile per run
+  m.scan_layers = False  # run each run of alike blocks as one scan (TPU: with remat_policy dots or full)
   m.remat_policy = config_dict.placeholder(str)  # none | full | dots: what a block keeps for the backward pass
   m.remat = False  # True: remat_policy "full" (recompute each block in the backward pass: less memory, +1/3 compute)
   m.head = ml_collections.ConfigDict()  # the temporal-attention head; None or 0 follows the backbone
@@ -89,7 +89,7 @@ def create_model(cfg, *, dtype="float32", seed=0):
       summary_tokens=cfg.summary_tokens, dropout=cfg.dropout, droppath=cfg.droppath, norm_eps=cfg.norm_eps,
       head_num_layers=head.num_layers, head_num_heads=head.num_heads or cfg.num_heads,
       head_mlp_dim=head.mlp_dim or cfg.mlp_dim, head_hidden_size=head.hidden_size or cfg.hidden_size,
-      head_norm_eps=head.norm_eps, scan_layers=cfg.get("scan_layers", True), remat_policy=remat_policy(cfg),
+      head_norm_eps=head.norm_eps, scan_layers=cfg.get("scan_layers", False), remat_policy=remat_policy(cfg),
       dtype=jnp.dtype(dtype), rngs=nnx.Rngs(params=seed))
 
 

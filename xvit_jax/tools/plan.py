@@ -292,7 +292,7 @@ def flops_reasons(config, mesh_sizes, ratio, counted):
   if policy in recomputed:
     reasons.append(f"model.remat_policy={policy} recomputes {recomputed[policy]} in the backward pass (up to "
                    "about +1/3)")
-  if config.model.get("scan_layers", True) and config.model.num_layers > 1:
+  if config.model.get("scan_layers", False) and config.model.num_layers > 1:
     reasons.append("model.scan_layers runs each run of alike blocks as a loop whose body (one block) XLA counts "
                    "once (--config.model.scan_layers=False counts every block)")
   if counted["windowed_matmuls"]:
@@ -366,7 +366,7 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
       "per_chip_batch": per_chip_batch, "frames_per_chip": config.model.num_frames // sizes["frames"],
       "grad_accum_steps": config.grad_accum_steps, "dtype": config.dtype,
       "remat": remat_policy(config.model) != "none", "remat_policy": remat_policy(config.model),
-      "scan_layers": bool(config.model.get("scan_layers", True)), "compiled": steps["train"] is not None,
+      "scan_layers": bool(config.model.get("scan_layers", False)), "compiled": steps["train"] is not None,
       "hbm_bytes": chip.hbm_bytes, "hbm_source": chip.source, "usable_hbm_bytes": usable,
       "flops_per_clip": per_clip, "flops_per_step": per_step, "mfu": mfu, "peak_flops_per_chip": chip.peak_flops,
       "step_seconds": step_seconds, "clips_per_second_per_chip": per_chip_rate,
