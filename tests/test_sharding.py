@@ -205,7 +205,7 @@ import numpy as np
 from conftest import tiny_config
 from xvit_jax import optim, sharding, state, train, trees
 from xvit_jax.tools import plan
-c = tiny_config(num_layers=4, hidden_size=128, num_heads=4, mlp_dim=512, num_frames=4, image_size=16)
+c = tiny_config(num_layers=4, hidden_size=128, num_heads=4, mlp_dim=512, num_frames=4, image_size=16, scan_layers=True)
 c.batch_size, c.augment.mixup_group = 8, 1
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
 mesh = sharding.make_mesh(c.mesh)
