@@ -196,12 +196,18 @@ def split_frames(x, *rest):
   channels (an FSDP step would otherwise reshuffle it with all-to-alls), nor gathers split frames.
   With frames split such activations must not be reshaped with B and T merged: a chip's rows and frames are
   no contiguous run of B*T, so XLA would gather the frames."""
+  frames = "frames" if traced_frames() > 1 and x.shape[1] % traced_frames() == 0 else None
+  return split_rows(x, frames, *rest)
+
+
+def split_rows(x, *rest):
+  """x (B, ...) with its rows over the batch axes, the later axes as `rest` says (None: whole on every chip) or,
+  past it, as XLA chooses, when traced over a mesh of several devices (traced_over); otherwise x as it is."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return x
-  frames = "frames" if traced_frames() > 1 and x.shape[1] % traced_frames() == 0 else None
-  rest = list(rest) + [P.UNCONSTRAINED] * (x.ndim - 2 - len(rest))
-  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, frames, *rest))
+  rest = list(rest) + [P.UNCONSTRAINED] * (x.ndim - 1 - len(rest))
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *rest))
 
 
 def process_rows(mesh, global_batch):

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 from flax import nnx
 
+from xvit_jax import sharding
 from xvit_jax.models.attention import DENSE_INIT
 from xvit_jax.models.blocks import Block
 
@@ -44,5 +45,6 @@ class TemporalAttentionHead(nnx.Module):
     x = jnp.concatenate([cls, x], axis=1)[:, None]  # (B, 1, T+1, C): one "frame" of T+1 tokens
     for block in self.encoder:  # usually one layer: a loop, not a scan
       x = block(x)
-    z = nnx.gelu(self.fc1(self.norm(x[:, 0, 0])), approximate=False)
+    z = nnx.gelu(self.fc1(self.norm(sharding.split_rows(x[:, 0, 0], None))), approximate=False)  # (B, C) pinned
+    z = sharding.split_rows(z, None)
     return self.fc2(self.dropout(z, deterministic=not train, rngs=rngs))
