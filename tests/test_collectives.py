@@ -1,7 +1,7 @@
 """What the train step moves between chips, counted in the program the XLA TPU compiler makes for a TPU slice
 (libtpu, on this CPU machine): X-ViT's space-time mixing moves nothing that spatial attention does not, on
-meshes with data, fsdp and tensor axes, and a tensor axis costs all-reduces only (Megatron's layout: whole
-heads per chip), never an all-to-all or a collective-permute."""
+meshes with data, fsdp and tensor axes; nothing is reshuffled (no all-to-all); and a tensor axis costs
+all-reduces only (Megatron's layout: whole heads per chip), never a collective-permute."""
 
 import json
 import subprocess
@@ -37,6 +37,7 @@ def test_mixing_costs_no_communication_and_tensor_parallelism_only_all_reduces()
   for key, by_attention in counts.items():
     mesh, xvit, spatial = json.loads(key), by_attention["xvit"], by_attention["spatial"]
     assert xvit == spatial, f"{key}: {by_attention}"
+    assert spatial["all-to-all"] == 0, key  # the token stream stays on the batch axes (sharding.split_frames)
     if mesh.get("tensor", 1) > 1:
       assert by_attention["spatial"]["all-to-all"] == by_attention["spatial"]["collective-permute"] == 0, key
       assert by_attention["spatial"]["all-reduce"] > counts[json.dumps({"data": 8})]["spatial"]["all-reduce"]
