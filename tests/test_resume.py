@@ -176,7 +176,7 @@ def test_a_checkpoint_of_the_older_qkv_layout_resumes_as_todays(tmp_path):
   older = lambda path, x: np.asarray(x).reshape(flat(x.shape)) if is_qkv(path) else x
   legacy = {name: jax.tree_util.tree_map_with_path(older, items[name]) for name in ("params", "train")}
   shapes = {name: leaf.shape for name, leaf in trees.flatten(legacy["train"]).items()}
-  assert shapes["opt_state/2/0/trace/blocks/0/attn/qkv/kernel/value"] == (32, 96)  # the moments too, as the old code wrote them
+  assert shapes["opt_state/2/0/trace/blocks/0/attn/qkv/kernel/value"] == (32, 96)  # the moments too, as then
   mngr = checkpoints.manager(str(old))
   checkpoints.save(mngr, 2, legacy["params"], legacy["train"])
   checkpoints.wait(mngr)
@@ -188,5 +188,6 @@ def test_a_checkpoint_of_the_older_qkv_layout_resumes_as_todays(tmp_path):
     assert "resumed from" in out
   assert_same_params(final_params(new), final_params(old))
   mngr = checkpoints.manager(str(old), create=False)
-  assert checkpoints.restore_params(mngr, 2, final_params(new))["blocks"][0]["attn"]["qkv"]["kernel"].shape == (32, 3, 4, 8)
+  qkv = checkpoints.restore_params(mngr, 2, final_params(new))["blocks"][0]["attn"]["qkv"]["kernel"]
+  assert qkv.shape == (32, 3, 4, 8)
   mngr.close()  # read with a template of numpy arrays (predict, export, pretrained's loader)

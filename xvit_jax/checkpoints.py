@@ -175,15 +175,16 @@ def _read_errors(mngr, step, item):
 def _stored_name(path):
   """A leaf's name as the checkpoint's tree spells it: attribute names count (an optax state's "trace"), and an
   nnx Variable's array, stored as {"value": array}, is named by its Variable."""
-  parts = [str(k.key) if isinstance(k, jax.tree_util.DictKey) else str(k.idx) if isinstance(k, jax.tree_util.SequenceKey)
-           else k.name for k in path if not isinstance(k, jax.tree_util.FlattenedIndexKey)]
+  tu = jax.tree_util
+  parts = [str(k.key) if isinstance(k, tu.DictKey) else str(k.idx) if isinstance(k, tu.SequenceKey) else k.name
+           for k in path if not isinstance(k, tu.FlattenedIndexKey)]
   return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
 
 
 def _restore(mngr, step, item, template):
   """Item `item` of `step` laid out like `template`; leaves in a legacy layout are read in their stored shape
   (replicated) and reshaped into the template's shape and sharding."""
-  shapes = lambda tree: {_stored_name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  shapes = lambda tree: {_stored_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
   legacy = _legacy(shapes(mngr.item_metadata(step)[item].tree), shapes(template))
 
   def as_stored(path, leaf):

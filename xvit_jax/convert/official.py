@@ -26,7 +26,8 @@ def _norm(ours, theirs):
 
 
 def _block(ours, theirs, qkv_bias=True):
-  return (_norm(ours + ("norm1",), theirs + ".norm1") + _linear(ours + ("attn", "qkv"), theirs + ".attn.qkv", qkv_bias, "qkv")
+  return (_norm(ours + ("norm1",), theirs + ".norm1")
+          + _linear(ours + ("attn", "qkv"), theirs + ".attn.qkv", qkv_bias, "qkv")
           + _linear(ours + ("attn", "proj"), theirs + ".attn.proj") + _norm(ours + ("norm2",), theirs + ".norm2")
           + _linear(ours + ("mlp", "fc1"), theirs + ".mlp.fc1") + _linear(ours + ("mlp", "fc2"), theirs + ".mlp.fc2"))
 

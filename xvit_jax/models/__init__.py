@@ -82,7 +82,8 @@ def create_model(cfg, *, dtype="float32", seed=0):
   return XViT(
       num_classes=cfg.num_classes, image_size=cfg.image_size, patch_size=cfg.patch_size,
       hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-      attention=cfg.attention, attention_impl=cfg.get("attention_impl", "xla"), shift_div=cfg.shift_div, shift_layers=mixed,
+      attention=cfg.attention, attention_impl=cfg.get("attention_impl", "xla"), shift_div=cfg.shift_div,
+      shift_layers=mixed,
       shift_segment=cfg.shift_segment or cfg.num_frames, temporal_window=cfg.temporal_window,
       temporal_embed_frames=cfg.temporal_embed_frames or cfg.num_frames,
       temporal_embed_fold_batch=cfg.temporal_embed_fold_batch, consensus=cfg.consensus,

@@ -34,8 +34,8 @@ def dense(layer, x):
 def space_time_mix(x, *, fold, segment, window=1):
   """Paper eqs. 8-9: frame t's keys (or values) take channel slices from its neighbour frames.
 
-  x: (B, T, N, C) or (B, T, N, H, D), channel c = h * D + d (head-major, as the official code). Consecutive groups of
-  `fold` channels come, in order, from frames t+1, t-1, t+2, t-2, ..., t+window, t-window (for window 1
+  x: (B, T, N, C) or (B, T, N, H, D), channel c = h * D + d (head-major, as the official code). Consecutive
+  groups of `fold` channels come, in order, from frames t+1, t-1, t+2, t-2, ..., t+window, t-window (for window 1
   exactly the official layout: [0, fold) from t+1, [fold, 2 fold) from t-1); the other channels stay at t.
   Frames are cut into independent segments of `segment` frames and a neighbour outside the segment gives
   zeros. All tokens move, the CLS included. Queries are never mixed.
@@ -111,8 +111,8 @@ class Attention(nnx.Module):
     head_dim = dim // num_heads
     # fan-in C, fan-out 3C: the Xavier-uniform of the (C, 3C) projection, and with the same draws
     init = jax.nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
-    self.qkv = nnx.Einsum("...c,cshd->...shd", (dim, 3, num_heads, head_dim), (3, num_heads, head_dim) if qkv_bias else None,
-                          kernel_init=init, dtype=dtype, rngs=rngs)
+    self.qkv = nnx.Einsum("...c,cshd->...shd", (dim, 3, num_heads, head_dim),
+                          (3, num_heads, head_dim) if qkv_bias else None, kernel_init=init, dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(dim, dim, kernel_init=DENSE_INIT, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
@@ -121,8 +121,8 @@ class Attention(nnx.Module):
     qkv = sharding.split_frames(qkv.reshape(b, t, n, 3, self.num_heads, c // self.num_heads))
     q, k, v = (sharding.split_frames(qkv[..., i, :, :]) for i in range(3))  # each (B, T, N, H, D)
     if summary_tokens:  # every frame also attends to the summaries of all frames (unmixed)
-      extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None], (b, t, t * summary_tokens, *y.shape[3:]))
-                          for y in (k, v))
+      extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None],
+                                           (b, t, t * summary_tokens, *y.shape[3:])) for y in (k, v))
     if mix is not None:
       fold, segment, window = mix
       k = space_time_mix(k, fold=fold, segment=segment, window=window)
