@@ -28,7 +28,8 @@ def dense(layer, x):
   chips (sharding.split_frames), where flattening would gather them."""
   if sharding.traced_frames() > 1:
     return layer(x)
-  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+  y = layer(x.reshape(-1, x.shape[-1]))
+  return y.reshape(*x.shape[:-1], *y.shape[1:])  # the layer's output axes kept: the qkv Einsum's (3, H, D)
 
 
 def space_time_mix(x, *, fold, segment, window=1):
@@ -117,8 +118,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
     b, t, n, c = x.shape
-    qkv = self.qkv(x if sharding.traced_frames() > 1 else x.reshape(-1, c))  # flattened as dense() does
-    qkv = sharding.split_frames(qkv.reshape(b, t, n, 3, self.num_heads, c // self.num_heads))
+    qkv = sharding.split_frames(dense(self.qkv, x))  # (B, T, N, 3, H, D)
     q, k, v = (sharding.split_frames(qkv[..., i, :, :]) for i in range(3))  # each (B, T, N, H, D)
     if summary_tokens:  # every frame also attends to the summaries of all frames (unmixed)
       extra_k, extra_v = (jnp.broadcast_to(summaries(y, summary_tokens)[:, None],
