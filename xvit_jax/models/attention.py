@@ -53,23 +53,32 @@ def space_time_mix(x, *, fold, segment, window=1):
   out = x
   for i, offset in enumerate(offsets):
     taken = (channel >= i * fold) & (channel < (i + 1) * fold)  # broadcast over (B, T, N)
-    out = jnp.where(taken, _from_frame(x, offset, segment), out)
+    shifted, inside = _from_frame(x, offset, segment)
+    if inside is not None:  # frames whose neighbour lies outside their segment take zeros
+      taken_inside, taken = taken & inside, taken & ~inside
+      out = jnp.where(taken_inside, shifted, out)
+      shifted = jnp.zeros((), x.dtype)
+    out = jnp.where(taken, shifted, out)
   return out
 
 
 def _from_frame(x, offset, segment):
-  """out[:, t] = x[:, t + offset] along the frames axis 1, zeros where t + offset leaves t's segment of
-  `segment` frames. A shift along T and a mask over T, never a reshape of T into segments: with the frames
-  split over chips (mesh.frames) the shift is a halo exchange with the next chip, and nothing else moves."""
+  """(x shifted along the frames axis 1, out[:, t] = x[:, t + offset] with zeros past the ends; the (1, T, 1, ...)
+  mask of the frames whose t + offset lies in t's segment of `segment` frames, or None when that is every frame
+  the shift leaves non-zero). A shift along T and a static mask over T, never a reshape of T into segments:
+  with the frames split over chips (mesh.frames) the shift is a halo exchange with the next chip, and nothing
+  else moves."""
   t = x.shape[1]
-  if abs(offset) >= segment:
-    return jnp.zeros_like(x)
+  if abs(offset) >= min(segment, t):
+    return jnp.zeros_like(x), None
   pad = [(0, 0)] * x.ndim
   pad[1] = (0, offset) if offset > 0 else (-offset, 0)
   shifted = sharding.split_frames(jnp.pad(x[:, offset:] if offset > 0 else x[:, :offset], pad))
+  if segment >= t:  # one segment: the padding's zeros are the only frames outside it
+    return shifted, None
   source = np.arange(t) % segment + offset  # the neighbour's position in t's segment (static)
   inside = ((source >= 0) & (source < segment)).reshape(1, t, *[1] * (x.ndim - 2))
-  return jnp.where(inside, shifted, jnp.zeros((), x.dtype))
+  return shifted, inside
 
 
 def summaries(x, count):
