@@ -42,6 +42,7 @@ def demo(workdir, *overrides, stop_at=None, timeout=900):
   return top1s(workdir)
 
 
+@pytest.mark.slow  # about 2 minutes on a 2-core machine: the slow tests' README command runs it
 def test_the_demo_as_the_readme_gives_it_learns_motion(tmp_path):
   # evaluations come every 250 steps; the run is stopped at the first one at 90% (step 500 with seed 0)
   assert max(demo(tmp_path, stop_at=0.9)) >= 0.9

@@ -246,7 +246,7 @@ def test_remat_gives_the_same_gradients_with_less_memory(scan_layers):
   video = jax.random.normal(jax.random.key(1), (8, 4, 16, 16, 3))
   grads, temp = {}, {}
   for policy in REMAT_POLICIES:
-    config = tiny_config(num_layers=6, droppath=0.3, dropout=0.2, scan_layers=scan_layers, remat_policy=policy)
+    config = tiny_config(num_layers=3, droppath=0.3, dropout=0.2, scan_layers=scan_layers, remat_policy=policy)
     graphdef, params = nnx.split(create_model(config.model), nnx.Param)
 
     def loss(p, graphdef=graphdef):
