@@ -32,7 +32,7 @@ def default_config():
   m.image_size = 224
   m.num_classes = 400
   m.attention = "xvit"  # xvit | spatial | joint | divided
-  m.attention_impl = "xla"  # jax.nn.dot_product_attention's: xla (any device) | cudnn (GPUs, bf16/fp16: fused flash)
+  m.attention_impl = "xla"  # xla (any device; bf16 logits, f32 softmax) | cudnn (GPUs, bf16/fp16: jax.nn fused flash)
   m.shift_div = 4  # 1/shift_div of the k/v channels come from each neighbour frame (paper's rho = 2/shift_div)
   m.shift_layers = "all"  # blocks that mix: "all", "none", or indices such as "0-5" or "1,3,5"
   m.temporal_window = 1  # t_w: neighbours t-t_w .. t+t_w share channels (paper eqs. 8-9)

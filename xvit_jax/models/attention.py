@@ -91,10 +91,20 @@ def summaries(x, count):
 
 
 def dot_product_attention(q, k, v, implementation="xla"):
-  """softmax(q k^T / sqrt(d)) v through jax.nn.dot_product_attention, the softmax in float32 (its `xla`
-  implementation computes the logits in float32; `cudnn` is cuDNN's fused, flash-style kernel on GPUs).
-  q: (B, ..., Q, H, D), k and v: (B, ..., K, H, D) -> (B, ..., Q, H, D). The axes between B and Q are mapped
-  over (vmap), not merged into B: B and T split over different mesh axes cannot be merged without a gather."""
+  """softmax(q k^T / sqrt(d)) v, the softmax in float32. q: (B, ..., Q, H, D), k and v: (B, ..., K, H, D) ->
+  (B, ..., Q, H, D).
+
+  `xla`: the logits in the inputs' dtype (bfloat16 when training in it), the softmax in float32, the weights
+  cast back: jax.nn.dot_product_attention's xla path makes the (..., H, Q, K) logits float32, twice the bytes
+  of the largest activations of a frame's attention (one X-ViT-B/16 block at 256 frames on a v5e frames=4
+  slice: 3.30 GiB of temporaries against 2.31; BENCHMARKS.md, "Frames across chips"). In float32 the two are
+  the same numbers. `cudnn`: jax.nn.dot_product_attention's cuDNN fused (flash-style) kernel on GPUs, the
+  axes between B and Q mapped over (vmap), not merged into B: B and T split over different mesh axes cannot
+  be merged without a gather."""
+  if implementation == "xla":
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) * q.shape[-1] ** -0.5
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, v)
   attend = functools.partial(jax.nn.dot_product_attention, implementation=implementation)
   for _ in range(q.ndim - 4):
     attend = jax.vmap(attend, in_axes=1, out_axes=1)
