@@ -116,8 +116,28 @@ def test_a_plan_that_does_not_fit_names_what_fills_the_chip_and_what_to_try():
   largest = next(line for line in lines if line.startswith("per chip, largest first:"))
   assert "optimizer state 12.01 GiB" in largest and "parameters 12.01 GiB" in largest  # float32, 3.2 G each
   assert "blocks/0/mlp/fc1/kernel 4.00 GiB" in next(line for line in lines if line.startswith("largest parameters"))
-  assert next(line for line in lines if line.startswith("to try:")).startswith(
-      "to try: --config.mesh.fsdp=8 --config.mesh.data=1")
+  to_try = next(line for line in lines if line.startswith("to try:"))
+  assert to_try.startswith("to try: --config.mesh.fsdp=8 --config.mesh.data=1") and "mesh.frames" not in to_try
+
+
+def test_a_long_clip_that_does_not_fit_is_told_to_split_its_frames_over_chips():
+  """One clip a chip whose activations fill it: the batch cannot shrink, so the plan names the frames axis,
+  taken from the data axis as mesh.frames accepts it (whole mixing segments a chip, a frames group in a host);
+  not for joint attention, nor where the parameters fill the chip (the test above: the plan's own rule)."""
+  def tried(*overrides, activations_first=True, per_host=4):
+    config = main_config(*overrides)
+    sizes = {"data": 8, "fsdp": 1, "frames": 1, "tensor": 1}
+    return plan.suggestions(config, sizes, chips_per_host=per_host, activations_first=activations_first)
+
+  long_clip = ("--config.batch_size=8", "--config.model.num_frames=64", "--config.model.shift_segment=8")
+  assert tried(*long_clip)[-1].startswith("--config.mesh.data=4 --config.mesh.frames=2: each clip's 64 frames "
+                                          "split over 2 chips, 2x the clips a chip holds with 32 frames of each")
+  assert "--config.mesh.frames" not in " ".join(tried(*long_clip, activations_first=False))
+  assert "--config.mesh.frames" not in " ".join(tried(*long_clip, "--config.model.attention=joint"))
+  assert "--config.mesh.frames" not in " ".join(tried(*long_clip, per_host=1))  # a frames group must lie in a host
+  # 3 mixing segments of 4 frames: 2, 4 or 8 chips would cut through them (mesh.frames refuses each)
+  odd = ("--config.batch_size=8", "--config.model.num_frames=12", "--config.model.shift_segment=4")
+  assert "--config.mesh.frames" not in " ".join(tried(*odd))
 
 
 def test_without_strict_a_plan_that_does_not_fit_exits_0():

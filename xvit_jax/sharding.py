@@ -64,7 +64,7 @@ def check_config(config, num_devices, devices_per_host=None):
   evenly by this run's processes), the batch does not split over it (after config.grad_accum_steps has been
   checked) or the model's frames do not."""
   mesh = mesh_shape(config.mesh, num_devices)
-  _check_frames(config, mesh, devices_per_host or num_devices // jax.process_count())
+  check_frames(config, mesh, devices_per_host or num_devices // jax.process_count())
   shards = mesh["data"] * mesh["fsdp"]
   if config.batch_size % (shards * config.grad_accum_steps):
     fields.fail("batch_size", config.batch_size,
@@ -72,7 +72,7 @@ def check_config(config, num_devices, devices_per_host=None):
                 f"fsdp={mesh['fsdp']} = {shards} devices and grad_accum_steps={config.grad_accum_steps} micro-batches")
 
 
-def _check_frames(config, mesh, devices_per_host):
+def check_frames(config, mesh, devices_per_host):
   """mesh["frames"] > 1: frame-wise attention, whole frames per chip, whole segments of mixing or whole chips per
   segment (so the (T) -> (T/segment, segment) reshape stays split over chips), a frames group in one host."""
   frames, m = mesh["frames"], config.model

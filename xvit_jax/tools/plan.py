@@ -325,8 +325,26 @@ def dominant(plan, state, batch):
   return sorted(parts, key=lambda x: -x[1]), params[:3]
 
 
-def suggestions(config, sizes):
-  """What to try when the step does not fit, in --config overrides."""
+def frames_split(config, sizes, chips_per_host):
+  """The smallest frames axis (2, 4 or 8) taken from the data axis that `mesh.frames` accepts for this model
+  and slice, or None (joint or divided attention, frames already split, no divisor, segments that do not fit)."""
+  from xvit_jax import sharding  # pylint: disable=import-outside-toplevel
+  if sizes["frames"] > 1:
+    return None
+  for frames in (2, 4, 8):
+    if sizes["data"] % frames:
+      continue
+    try:
+      sharding.check_frames(config, dict(sizes, data=sizes["data"] // frames, frames=frames), chips_per_host)
+    except UserError:
+      continue
+    return frames
+  return None
+
+
+def suggestions(config, sizes, *, chips_per_host, activations_first=False):
+  """What to try when the step does not fit, in --config overrides. `activations_first`: activations fill the
+  chip (then a clip's frames split over chips may help, where 1 clip a chip cannot be halved)."""
   out = []
   shards = sizes["data"] * sizes["fsdp"]
   per_chip = config.batch_size // shards
@@ -343,6 +361,12 @@ def suggestions(config, sizes):
     if config.batch_size % (shards * accum) == 0:
       out.append(f"--config.grad_accum_steps={accum}: the same batch of {config.batch_size} in {accum} "
                  "micro-batches, each with a share of the activations")
+  frames = frames_split(config, sizes, chips_per_host) if activations_first else None
+  if frames:
+    t = config.model.num_frames
+    out.append(f"--config.mesh.data={sizes['data'] // frames} --config.mesh.frames={frames}: each clip's {t} frames "
+               f"split over {frames} chips, {frames}x the clips a chip holds with {t // frames} frames of each "
+               "(what a chip keeps grows with a clip's frames on it)")
   return out
 
 
@@ -407,7 +431,12 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
   parts, params = dominant(plan, state, steps["batch"])
   plan["dominant"] = [{"what": what, "bytes": size} for what, size in parts]
   plan["largest_parameters"] = [{"name": name, "bytes": size} for name, size in params]
-  plan["suggestions"] = [] if fits else suggestions(config, sizes)
+  # activations fill the chip: the temporaries beyond the gradients and one update (two copies of the parameters)
+  # outweigh the parameters and optimizer state (a rule of thumb)
+  activations = plan["per_chip_bytes"]["temporaries"] - 2 * tree_bytes(state["params"])
+  activations_first = activations > tree_bytes(state["params"]) + tree_bytes(state["opt_state"])
+  plan["suggestions"] = [] if fits else suggestions(config, sizes, chips_per_host=chips_per_host,
+                                                    activations_first=activations_first)
   return plan
 
 
