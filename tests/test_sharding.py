@@ -257,9 +257,9 @@ def test_remat_gives_the_same_gradients_with_less_memory(scan_layers):
 
     compiled = jax.jit(jax.grad(loss)).lower(params).compile()
     grads[policy], temp[policy] = compiled(params), compiled.memory_analysis().temp_size_in_bytes
-  for policy in ("full", "dots"):
+  for policy in ("full", "dots"):  # recomputation reorders float32 sums: within 1e-6 of the largest gradient
     for a, b in zip(jax.tree.leaves(grads[policy]), jax.tree.leaves(grads["none"])):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(np.abs(b).max()))
   assert temp["full"] < 0.6 * temp["none"], temp
   assert temp["full"] < temp["dots"] < temp["none"], temp
   assert remat_policy(tiny_config(remat=True).model) == "full"
