@@ -55,9 +55,8 @@ def space_time_mix(x, *, fold, segment, window=1):
     taken = (channel >= i * fold) & (channel < (i + 1) * fold)  # broadcast over (B, T, N)
     shifted, inside = _from_frame(x, offset, segment)
     if inside is not None:  # frames whose neighbour lies outside their segment take zeros
-      taken_inside, taken = taken & inside, taken & ~inside
-      out = jnp.where(taken_inside, shifted, out)
-      shifted = jnp.zeros((), x.dtype)
+      out = jnp.where(taken & ~inside, jnp.zeros((), x.dtype), out)
+      taken = taken & inside
     out = jnp.where(taken, shifted, out)
   return out
 

@@ -433,8 +433,9 @@ def make_plan(config, topology, *, mfu=0.4, with_eval=True, input_per_worker=INP
   plan["largest_parameters"] = [{"name": name, "bytes": size} for name, size in params]
   # activations fill the chip: the temporaries beyond the gradients and one update (two copies of the parameters)
   # outweigh the parameters and optimizer state (a rule of thumb)
-  activations = plan["per_chip_bytes"]["temporaries"] - 2 * tree_bytes(state["params"])
-  activations_first = activations > tree_bytes(state["params"]) + tree_bytes(state["opt_state"])
+  params_bytes = tree_bytes(state["params"])
+  activations = plan["per_chip_bytes"]["temporaries"] - 2 * params_bytes
+  activations_first = activations > params_bytes + tree_bytes(state["opt_state"])
   plan["suggestions"] = [] if fits else suggestions(config, sizes, chips_per_host=chips_per_host,
                                                     activations_first=activations_first)
   return plan
