@@ -8,10 +8,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import REPO, cpu_env, tiny_config
 from xvit_jax import preprocess
-from xvit_jax.data import pipeline, sources, synthetic, transforms
+from xvit_jax.data import pipeline, sources, synthetic, transforms, video
+from xvit_jax.errors import UserError
 
 
 def host_normalize(frames):
@@ -118,3 +120,25 @@ def test_the_compiled_step_takes_uint8_clips_and_mixes_them_without_communicatio
   assert sum(out["inputs_group_2"].values()) == 0, out
   assert out["inputs_group_4"]["all-gather"] + out["inputs_group_4"]["all-to-all"] + \
       out["inputs_group_4"]["collective-permute"] > 0, out
+
+
+@pytest.mark.parametrize("shape, size, kwargs", [
+    ((40, 256, 340, 3), 224, dict(sampling="dense", stride=2)),  # Kinetics as prepared: downscale, 3 crops
+    ((30, 240, 426, 3), 224, dict(sampling="segment", temporal_views=2)),  # SSv2: 2 x 3 views
+    ((30, 300, 200, 3), 160, dict(sampling="segment", temporal_views=3, spatial_crops=1)),  # portrait, centre
+    ((20, 256, 300, 3), 256, dict(sampling="dense", stride=4)),  # short side = crop: no resize
+    ((20, 120, 90, 3), 224, dict(sampling="dense", stride=3)),  # upscale of a small portrait video
+])
+def test_eval_views_on_the_device_equal_the_host_views(shape, size, kwargs):
+  """Evaluation ships uint8 windows and taps; the device's resize gives the official test views that
+  video.eval_views cuts on the host (predict's path) within float32 rounding, in the same order."""
+  frames = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  window = video.window_size(256)
+  shipped = video.view_windows(frames, num_frames=8, image_size=size, window=window, **kwargs)
+  host = video.eval_views(frames, num_frames=8, image_size=size, **kwargs)
+  assert shipped["video"].dtype == np.uint8 and shipped["video"].shape == (len(host), 8, window, window, 3)
+  views = np.asarray(jax.jit(preprocess.eval_views)({k: v[None] for k, v in shipped.items()}))
+  assert views.shape == host.shape
+  np.testing.assert_allclose(views, host_normalize(host), rtol=0, atol=2e-6)
+  with pytest.raises(UserError, match=r"clip.mp4: a view reads \d+ source pixels, more than eval windows of 64"):
+    video.view_windows(frames, num_frames=8, image_size=size, window=64, name="clip.mp4", **kwargs)

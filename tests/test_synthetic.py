@@ -3,6 +3,7 @@
 import numpy as np
 
 from conftest import tiny_config
+from xvit_jax import preprocess
 from xvit_jax.data import pipeline, sources, synthetic
 
 
@@ -61,8 +62,11 @@ def test_eval_pipeline_covers_every_clip_once_and_masks_the_padding():
   src = synthetic.from_config(cfg, "eval")  # 8 clips
   batches = list(pipeline.eval_dataset(src, global_batch=3, views_fn=sources.EvalViews(cfg)))
   assert batches[0]["video"].shape == (3, 1, 4, 16, 16, 3)  # (clips, views, T, H, W, 3)
-  assert batches[0]["video"].dtype == np.float32  # pixels, the clip as it is: normalised on the device
+  assert batches[0]["video"].dtype == np.uint8  # pixels, the clip as it is, its own window
   np.testing.assert_array_equal(batches[0]["video"][1, 0], src[1]["video"])
+  # the device's resize of that window with identity taps gives the clip back, normalised: bit for bit
+  np.testing.assert_array_equal(np.asarray(preprocess.eval_views(batches[0]))[1],
+                                np.asarray(preprocess.normalize(src[1]["video"])))
   assert [len(b["label"]) for b in batches] == [3, 3, 3]
   mask = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 8 + [0])

@@ -80,7 +80,9 @@ def test_evaluation_fuses_views_per_video_and_counts_the_unreadable_ones():
   cfg, source = video_config(), records() + [two_frames()]
   views = sources.EvalViews(cfg)
   batches = list(pipeline.eval_dataset(source, global_batch=4, views_fn=views))
-  assert batches[0]["video"].shape == (4, 6, 4, 32, 32, 3)  # 2 temporal x 3 spatial views per video
+  # 2 temporal x 3 spatial views per video, each a uint8 window of the 256-short-side frames a crop reads
+  assert batches[0]["video"].shape == (4, 6, 4, 260, 260, 3) and batches[0]["video"].dtype == np.uint8
+  assert batches[0]["rows"].shape == batches[0]["cols"].shape == (4, 6, 32, 2)
   model = create_model(cfg.model)
   graphdef, params = nnx.split(model)
   mesh = sharding.make_mesh()
@@ -89,11 +91,12 @@ def test_evaluation_fuses_views_per_video_and_counts_the_unreadable_ones():
   assert results["eval/videos"] == 5 and results["eval/skipped"] == 2  # the broken one and the 2-frame one
   # the pipeline's first video is views(source[0]) with its label: top-1 below is computed from the same views
   first = views(source[0])
-  np.testing.assert_array_equal(batches[0]["video"][0], first["video"])
+  for key in first:
+    np.testing.assert_array_equal(batches[0][key][0], first[key])
   assert batches[0]["label"][0] == source[0]["label"] and batches[0]["mask"][0] == 1
-  # the fused prediction of a video is the sum of its views' logits
-  assert batches[0]["video"].dtype == np.float32 and batches[0]["video"].max() > 1  # pixels in [0, 255]
-  expected_top1 = np.mean([np.argmax(np.asarray(model(preprocess.normalize(views(r)["video"]))).sum(0)) == r["label"]
+  # the fused prediction of a video is the sum of its views' logits, the views as predict cuts them on the host
+  host_views = lambda r: preprocess.normalize(views.of_frames(sources.stored_frames(r)))
+  expected_top1 = np.mean([np.argmax(np.asarray(model(host_views(r))).sum(0)) == r["label"]
                            for r in source if r["id"] not in ("broken", "two_frames")])
   assert abs(results["eval/top1"] - expected_top1) < 1e-6
 
@@ -111,8 +114,8 @@ def test_epic_style_verb_and_noun_heads():
   results = evaluate.evaluate(evaluate.make_eval_step(graphdef, label_heads(cfg)), params,
                               list(pipeline.eval_dataset(source, global_batch=4, views_fn=views)),
                               lambda b: sharding.global_batch(mesh, b))
-  fused = {r["id"]: np.asarray(model(preprocess.normalize(views(r)["video"]))).sum(0) for r in source
-           if r["id"] != "broken"}
+  fused = {r["id"]: np.asarray(model(preprocess.normalize(views.of_frames(sources.stored_frames(r))))).sum(0)
+           for r in source if r["id"] != "broken"}
   good = [r for r in source if r["id"] != "broken"]
   verb = np.mean([np.argmax(fused[r["id"]][:2]) == r["verb"] for r in good])
   noun = np.mean([np.argmax(fused[r["id"]][2:]) == r["noun"] for r in good])
@@ -162,7 +165,8 @@ def test_jpeg_frames_give_the_clips_and_views_of_decoding_the_whole_video():
       for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     views = sources.EvalViews(cfg)
-    np.testing.assert_array_equal(views(new)["video"], views(old)["video"])
+    for key, value in views(new).items():
+      np.testing.assert_array_equal(value, views(old)[key])
   first_end = int(new["frame_ends"][0])
   damaged = dict(new, frames=new["frames"][:first_end] + b"\0" * (len(new["frames"]) - first_end))
   assert sources.TrainClip(kinetics)(damaged, np.random.default_rng(0)) is None  # frames 1.. are no JPEGs

@@ -26,15 +26,15 @@ def make_eval_step(graphdef, label_heads=None, mesh=None):
   and with several label heads (EPIC) "<head>_top1" / "<head>_top5" for each, "top1"/"top5" then being
   the action: every head right (top-5 over the joint scores, as the EPIC action metric).
 
-  batch["video"] is pixels (B, views, T, H, W, 3) in [0, 255] (data.pipeline), normalised here
-  (preprocess.normalize); the views' logits are summed per video (the official fusion).
+  batch holds each video's views as windows of uint8 pixels and resize taps (data.pipeline), made the model's
+  input here (preprocess.eval_views); the views' logits are summed per video (the official fusion).
   label_heads: (heads, bounds) as xvit_jax.data.label_heads gives them; None: one head. mesh: the one the
   batch is on, to trace over (sharding.traced_over); None: no mesh."""
   heads, bounds = label_heads or (None, None)
 
   def eval_step(params, batch):
     b, views = batch["video"].shape[:2]
-    video = preprocess.normalize(batch["video"].reshape(b * views, *batch["video"].shape[2:]))
+    video = preprocess.eval_views(batch)
     logits = nnx.merge(graphdef, params)(video)
     logits = logits.reshape(b, views, -1).sum(axis=1)
     mask = batch["mask"]

@@ -73,8 +73,8 @@ def _checked(forward, expected):
 
 
 def video_views(config, path):
-  """(views, T, S, S, 3) float32 pixels in [0, 255] of a video file, as config.eval describes (evaluation's own
-  views)."""
+  """(views, T, S, S, 3) float32 pixels in [0, 255] of a video file, as config.eval describes (evaluation's
+  views, cut on the host: evaluation resizes them on the device, the same within float32 rounding)."""
   from xvit_jax.data import sources  # pylint: disable=import-outside-toplevel
   return sources.EvalViews(config).of_file(path)
 

@@ -1,10 +1,12 @@
 """Pixels -> model input, on the device: the one preprocessing definition of train, eval, predict and export.
 
-Clips cross to the device as pixels (train: uint8; eval and predict views: float32 in [0, 255], since the
-official test resize works on floats) and become the model's input inside the jit'd step: `normalize`
-(reference 5.1), then for train batches the random erasing box and mixup the host drew (data.transforms).
-Doing it here keeps the bytes on the wire a quarter of float32's and the arithmetic in one place; the
-numbers are those the host computed before (normalize bitwise, mixup within float32 rounding).
+Clips cross to the device as uint8 pixels and become the model's input inside the jit'd step: `normalize`
+(reference 5.1), then for train batches the random erasing box and mixup the host drew (data.transforms); eval
+batches carry each view's window of source pixels and the taps of the official test resize, which
+`eval_views` applies here (in float32, as the official code). Predict's views are float32 pixels cut on the
+host (one video). Doing it here keeps the bytes on the wire a quarter of float32's (eval: a sixth) and the
+arithmetic in one place; the numbers are those the host computed before (normalize bitwise, mixup and the
+eval resize within float32 rounding).
 """
 
 import jax
@@ -49,6 +51,28 @@ def mix(video, partner, lam, group):
   others = jax.vmap(lambda clips, index: clips[index])(grouped, partner.reshape(b // group, group))
   lam = lam.astype(video.dtype).reshape((b,) + (1,) * (video.ndim - 1))
   return lam * video + (1 - lam) * others.reshape(video.shape)
+
+
+def _taps_matrix(index, weight, size):
+  """(..., S, 2) source indices and weights -> the (..., S, size) matrix of a two-tap linear resize."""
+  hit = index[..., None] == jnp.arange(size, dtype=index.dtype)  # (..., S, 2, size)
+  return jnp.sum(jnp.where(hit, weight[..., None], jnp.zeros((), weight.dtype)), axis=-2)
+
+
+def eval_views(batch):
+  """An eval batch as the pipeline made it (data.video.view_windows: {"video": uint8 windows (B, V, T, h, w, 3),
+  "rows"/"cols" int32 (B, V, S, 2), "row_weights"/"col_weights" float32 (B, V, S, 2)}) -> the model's input,
+  normalised views (B * V, T, S, S, 3): each window resized along its width, then its height (the order of
+  the official torch resize) as products with the taps' matrices in float32 (precision HIGHEST: no bfloat16
+  passes on TPUs or TF32 on GPUs), the views of data.video.eval_views within float32 rounding."""
+  windows = batch["video"]
+  b, v, t, h, w, c = windows.shape
+  across = _taps_matrix(batch["cols"], batch["col_weights"], w)  # (B, V, S, w)
+  down = _taps_matrix(batch["rows"], batch["row_weights"], h)  # (B, V, S, h)
+  highest = jax.lax.Precision.HIGHEST
+  wide = jnp.einsum("bvthwc,bvxw->bvthxc", windows.astype(jnp.float32), across, precision=highest)
+  views = jnp.einsum("bvthxc,bvyh->bvtyxc", wide, down, precision=highest)
+  return normalize(views.reshape(b * v, t, *views.shape[3:]))
 
 
 def train_inputs(batch, mixup_group):

@@ -16,9 +16,10 @@ Train batches: {"video": uint8 (b, T, H, W, 3), "label": (b,) or (b, heads), "ba
 row's own record was unreadable)}, with random erasing also "erase": int32 (b, 4), each clip's box (top,
 left, h, w; zeros: none), and with mixup "mixup_partner" (int32: the row within its group whose video is
 mixed in), "mixup_label" and "mixup_lam" (transforms.mixup).
-Eval batches: {"video": float32 pixels in [0, 255] (b, views, T, H, W, 3), "label", "mask" (1: a real
-video), "bad" (1: a video that could not be read)}; padding fills the last batch so every process runs the
-same steps.
+Eval batches: {"video": uint8 windows (b, views, T, window, window, 3) with the resize taps "rows",
+"row_weights", "cols", "col_weights" (b, views, S, 2) (sources.EvalViews; the device cuts the views), "label",
+"mask" (1: a real video), "bad" (1: a video that could not be read)}; padding fills the last batch so every
+process runs the same steps.
 """
 
 import math

@@ -1,6 +1,7 @@
 """Where clips come from: the built-in synthetic task or a dataset prepared by `xvit_jax.data.prepare`,
 and how one record becomes the pixels of a clip (train: decode, sample, augment: uint8; eval: the official
-views: float32 pixels). Normalisation, erasing and mixup happen on the device (xvit_jax.preprocess).
+views' windows of uint8 pixels and resize taps). Normalisation, erasing, mixup and the eval resize happen on
+the device (xvit_jax.preprocess).
 
 Records of prepared datasets (tfds.data_source) hold {"frames": JPEG files one after another, "frame_ends":
 int64 (num_frames,), "label": int, "id": str, "num_frames": int} (format 2.0.0: only the sampled frames are
@@ -22,6 +23,7 @@ from xvit_jax.data import label_heads, synthetic, video
 from xvit_jax.errors import UserError
 
 SYNTHETIC = "synthetic"
+SHORT_SIDE = 256  # of prepared datasets' frames, at most (builders.common.SHORT_SIDE)
 
 
 def source(config, split):
@@ -64,12 +66,17 @@ def read(path_or_bytes, *, name=None):
   return frames
 
 
+def record_name(record):
+  """The record's id, as error messages name it."""
+  name = record.get("id", b"?")
+  return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def stored_frames(record):
   """The frames of a prepared record, indexable by an array of frame indices: video.JpegFrames (format 2.0.0,
   decoding only the frames indexed) or the whole decoded video (format 1.0.0). UserError naming the record
   if it is unreadable or has fewer than video.MIN_FRAMES frames; a JPEG frame that is damaged raises when read."""
-  name = record.get("id", b"?")
-  name = name.decode() if isinstance(name, bytes) else str(name)
+  name = record_name(record)
   if "frames" not in record:
     return read(record["video"], name=name)
   frames = video.JpegFrames(record["frames"], record["frame_ends"], name)
@@ -139,10 +146,12 @@ class TrainClip:
 
 
 class EvalViews:
-  """record -> {"video": float32 (views, T, S, S, 3) pixels in [0, 255], "label": int32, "mask": 1}, mask 0 if
-  unreadable: the views config.eval describes, as evaluation and predict cut them. Pixels, not normalised:
-  the official test resize works on floats, so views cannot be uint8; xvit_jax.preprocess.normalize makes
-  them the model's input on the device."""
+  """record -> the views config.eval describes, as evaluation cuts them: video.view_windows' {"video": uint8
+  windows (views, T, window, window, 3), "rows", "row_weights", "cols", "col_weights"}, with "label" and "mask"
+  (1; 0 if unreadable). The device finishes the official test resize (xvit_jax.preprocess.eval_views), so the
+  pixels cross as uint8. Windows hold the crops of frames with a short side up to 256, as prepared datasets store
+  them (builders.common.SHORT_SIDE); the synthetic task's clips are one view, their own window. `of_frames`
+  and `of_file` give predict's float32 views, cut on the host (video.eval_views)."""
 
   def __init__(self, config):
     m, e = config.model, config.eval
@@ -151,19 +160,31 @@ class EvalViews:
     self.kwargs = dict(num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling, stride=e.stride,
                        temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
     self.views = 1 if self.synthetic else e.temporal_views * e.spatial_crops
-    self.shape = (self.views, m.num_frames, m.image_size, m.image_size, 3)
+    self.shape = (self.views, m.num_frames, m.image_size, m.image_size, 3)  # the views the model sees
+    self.window = m.image_size if self.synthetic else video.window_size(SHORT_SIDE)
+
+  def specs(self):
+    """{key: (shape, dtype)} of one video's views in an eval batch (the pixels and taps; not label and mask)."""
+    taps = (self.views, self.shape[2], 2)
+    return {"video": ((self.views, self.shape[1], self.window, self.window, 3), np.uint8),
+            "rows": (taps, np.int32), "row_weights": (taps, np.float32), "cols": (taps, np.int32),
+            "col_weights": (taps, np.float32)}
 
   def __call__(self, record):
     if self.synthetic:
-      return {"video": np.asarray(record["video"], np.float32)[None], "label": np.int32(record["label"]),
-              "mask": np.float32(1)}
+      clip = np.asarray(record["video"], np.uint8)
+      taps = np.stack([np.arange(clip.shape[1])] * 2, -1)[None].astype(np.int32)
+      weights = np.stack([np.ones(clip.shape[1]), np.zeros(clip.shape[1])], -1)[None].astype(np.float32)
+      return {"video": clip[None], "rows": taps, "row_weights": weights, "cols": taps, "col_weights": weights,
+              "label": np.int32(record["label"]), "mask": np.float32(1)}
     keep_freed_memory()
     try:
-      views = self.of_frames(stored_frames(record))
+      views = video.view_windows(stored_frames(record), **self.kwargs, window=self.window,
+                                 name=record_name(record))
     except UserError as e:
       _unreadable(e)
       return self.blank(bad=True)
-    return {"video": views, "label": _labels(record, self.fields), "mask": np.float32(1)}
+    return {**views, "label": _labels(record, self.fields), "mask": np.float32(1)}
 
   def of_frames(self, frames):
     """(views, T, S, S, 3) float32 pixels in [0, 255] of decoded frames (N, H, W, 3) uint8 (or video.JpegFrames)."""
@@ -176,5 +197,5 @@ class EvalViews:
   def blank(self, bad=False):
     """A stand-in: padding of the last batch (bad=False) or an unreadable video (bad=True)."""
     label = np.zeros(len(self.fields), np.int32) if len(self.fields) > 1 else np.int32(0)
-    return {"video": np.zeros(self.shape, np.float32), "label": label, "mask": np.float32(0),
-            "bad": np.float32(bad)}
+    return {**{key: np.zeros(shape, dtype) for key, (shape, dtype) in self.specs().items()}, "label": label,
+            "mask": np.float32(0), "bad": np.float32(bad)}

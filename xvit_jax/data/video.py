@@ -295,6 +295,30 @@ def three_crops(frames, size):
   return np.stack([frames[:, y0:y0 + size, x0:x0 + size] for y0, x0 in crop_offsets(*frames.shape[1:3], size)])
 
 
+def _view_indices(num_video_frames, *, num_frames, sampling, stride=None, temporal_views=1, spatial_crops=3):
+  """The frame indices of each temporal view of the official test views (see `eval_views`)."""
+  if spatial_crops not in (1, 3):
+    raise UserError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
+  if sampling == "dense":
+    if stride is None:
+      raise UserError("dense sampling needs a stride")
+    return [dense_indices(num_video_frames, num_frames, stride, clip_index=k, num_clips=temporal_views)
+            for k in range(temporal_views)]
+  if sampling == "segment":
+    return [segment_indices(num_video_frames, num_frames, view=k) for k in range(temporal_views)]
+  raise UserError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
+
+
+def _picked(frames, kwargs):
+  """(the frames of every temporal view, concatenated; how many temporal views)."""
+  if not isinstance(frames, JpegFrames):
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0:
+      raise UserError(f"expected decoded frames (N > 0, H, W, 3), got shape {frames.shape}")
+  indices = _view_indices(len(frames), **kwargs)
+  return frames[np.concatenate(indices)], len(indices)  # each distinct frame decoded once (JpegFrames)
+
+
 def eval_views(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1,
                spatial_crops=3):
   """The official test views of one decoded video: float32 pixels (views, num_frames, S, S, 3) in [0, 255].
@@ -306,31 +330,80 @@ def eval_views(frames, *, num_frames, image_size, sampling, stride=None, tempora
   then crop (reference 5.2, 5.3, 8.1 item 11); the official code resizes normalised floats, the device
   normalises after (xvit_jax.preprocess.normalize): the same numbers within float32 rounding, as resizing
   is linear. spatial_crops=1 takes the centre crop of that same resize (the official Kinetics single-crop
-  mode resizes the short side to TRAIN_JITTER_SCALES[0] first instead).
+  mode resizes the short side to TRAIN_JITTER_SCALES[0] first instead). Predict cuts its views here; evaluation
+  ships `view_windows` and resizes on the device (xvit_jax.preprocess.eval_views), the same numbers.
   """
-  if not isinstance(frames, JpegFrames):
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[0] == 0:
-      raise UserError(f"expected decoded frames (N > 0, H, W, 3), got shape {frames.shape}")
-  if spatial_crops not in (1, 3):
-    raise UserError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
-  if sampling == "dense":
-    if stride is None:
-      raise UserError("dense sampling needs a stride")
-    indices = [dense_indices(len(frames), num_frames, stride, clip_index=k, num_clips=temporal_views)
-               for k in range(temporal_views)]
-  elif sampling == "segment":
-    indices = [segment_indices(len(frames), num_frames, view=k) for k in range(temporal_views)]
-  else:
-    raise UserError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
-  picked = frames[np.concatenate(indices)]  # each distinct frame decoded once (JpegFrames)
-  views = np.empty((len(indices) * spatial_crops, num_frames, image_size, image_size, 3), np.float32)
-  for k in range(len(indices)):
+  kwargs = dict(num_frames=num_frames, sampling=sampling, stride=stride, temporal_views=temporal_views,
+                spatial_crops=spatial_crops)
+  picked, count = _picked(frames, kwargs)
+  views = np.empty((count * spatial_crops, num_frames, image_size, image_size, 3), np.float32)
+  for k in range(count):
     clip = resize_short_side(picked[k * num_frames:(k + 1) * num_frames], image_size)
     offsets = crop_offsets(*clip.shape[1:3], image_size)
     for c, (y0, x0) in enumerate(offsets if spatial_crops == 3 else offsets[1:2]):
       views[k * spatial_crops + c] = clip[:, y0:y0 + image_size, x0:x0 + image_size]  # each crop copied once
   return views
+
+
+def window_size(short_side):
+  """The side of `view_windows`' windows that holds any crop of a video whose short side is at most
+  `short_side` (prepared datasets: 256): a crop of S resized pixels reads at most short_side + 3 source
+  rows or columns (S times the scale, which is at most short_side / S on either axis plus a rounding, and
+  two taps)."""
+  return short_side + 4
+
+
+def _window_taps(taps, start, length, window, name):
+  """One axis of a view: the taps of its `length` output pixels from `start`, as indices into a window of
+  `window` source pixels (i0, i1 int32 (length, 2) stacked; weights float32 (length, 2)), and the window's
+  first source pixel. UserError naming the video if the taps span more than `window` pixels."""
+  i0, i1, w0, w1 = (a[start:start + length] for a in taps)
+  lo, hi = int(i0.min()), int(i1.max())
+  if hi - lo + 1 > window:
+    raise UserError(f"{name}: a view reads {hi - lo + 1} source pixels, more than eval windows of {window} hold "
+                    f"(frames with a short side over {window - 4}); prepare the dataset again with "
+                    "python -m xvit_jax.data.prepare")
+  return np.stack([i0 - lo, i1 - lo], -1).astype(np.int32), np.stack([w0, w1], -1).astype(np.float32), lo
+
+
+def _identity_taps(n):
+  i = np.arange(n)
+  return i, i, np.ones(n, np.float32), np.zeros(n, np.float32)
+
+
+def view_windows(frames, *, num_frames, image_size, sampling, stride=None, temporal_views=1, spatial_crops=3,
+                 window, name="video"):
+  """`eval_views` before its resize, for the device to finish (xvit_jax.preprocess.eval_views): per view the uint8
+  window of source pixels its crop reads and the resize's taps into it. Returns {"video": uint8 (views,
+  num_frames, window, window, 3) (zero-padded past the frame), "rows"/"cols": int32 (views, S, 2), each output
+  row's (column's) two source indices in the window, "row_weights"/"col_weights": float32 (views, S, 2), their
+  weights}. The device's views equal `eval_views`' within float32 rounding, from a sixth of the bytes (uint8,
+  and no float32 copies of three overlapping crops). `window`: `window_size` of the frames' largest short
+  side; UserError naming `name` if a crop reads more.
+  """
+  kwargs = dict(num_frames=num_frames, sampling=sampling, stride=stride, temporal_views=temporal_views,
+                spatial_crops=spatial_crops)
+  picked, count = _picked(frames, kwargs)
+  height, width = picked.shape[1:3]
+  new_h, new_w = short_side_shape(height, width, image_size)
+  same = (new_h, new_w) == (height, width)  # the official early return: no resize
+  taps_y = _identity_taps(height) if same else _linear_taps(height, new_h)
+  taps_x = _identity_taps(width) if same else _linear_taps(width, new_w)
+  offsets = crop_offsets(new_h, new_w, image_size)
+  offsets = offsets if spatial_crops == 3 else offsets[1:2]
+  views = count * len(offsets)
+  out = {"video": np.zeros((views, num_frames, window, window, 3), np.uint8),
+         "rows": np.empty((views, image_size, 2), np.int32), "row_weights": np.empty((views, image_size, 2), np.float32),
+         "cols": np.empty((views, image_size, 2), np.int32), "col_weights": np.empty((views, image_size, 2), np.float32)}
+  for c, (y0, x0) in enumerate(offsets):
+    rows, row_weights, top = _window_taps(taps_y, y0, image_size, window, name)
+    cols, col_weights, left = _window_taps(taps_x, x0, image_size, window, name)
+    part = picked[:, top:top + window, left:left + window]
+    for k in range(count):
+      v = k * len(offsets) + c
+      out["video"][v, :, :part.shape[1], :part.shape[2]] = part[k * num_frames:(k + 1) * num_frames]
+      out["rows"][v], out["row_weights"][v], out["cols"][v], out["col_weights"][v] = rows, row_weights, cols, col_weights
+  return out
 
 
 def dense_random_indices(num_video_frames, num_frames, stride, rng):

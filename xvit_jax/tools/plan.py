@@ -155,14 +155,14 @@ def train_batch(config, mesh):
 
 
 def eval_batch(config, mesh):
-  """The global eval batch as data.pipeline makes it: float32 pixels of every view (sources.EvalViews),
-  labels, the padding mask and the unreadable-video flags."""
+  """The global eval batch as data.pipeline makes it: every view's window of uint8 pixels and resize taps
+  (sources.EvalViews), labels, the padding mask and the unreadable-video flags."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from xvit_jax.data import label_heads, sources  # pylint: disable=import-outside-toplevel
   b, heads = config.batch_size, len(label_heads(config)[0])
-  specs = {"video": ((b,) + sources.EvalViews(config).shape, jnp.float32),
-           "label": ((b,) if heads == 1 else (b, heads), jnp.int32), "mask": ((b,), jnp.float32),
-           "bad": ((b,), jnp.float32)}
+  specs = {key: ((b,) + shape, jnp.dtype(dtype)) for key, (shape, dtype) in sources.EvalViews(config).specs().items()}
+  specs.update({"label": ((b,) if heads == 1 else (b, heads), jnp.int32), "mask": ((b,), jnp.float32),
+                "bad": ((b,), jnp.float32)})
   return placed(specs, mesh)
 
 
