@@ -203,3 +203,24 @@ def test_autoaugment_point_ops_match_timm_luts():
   np.testing.assert_array_equal(transforms._lut("Posterize", 2), i & 0b11000000)
   np.testing.assert_array_equal(transforms._lut("Posterize", 0), 0 * i)
   np.testing.assert_array_equal(transforms._lut("Invert", None), 255 - i)
+
+
+def test_equalize_and_autocontrast_tables_are_pils():
+  """Equalize and AutoContrast compute PIL ImageOps' tables in numpy (PIL builds them in Python loops): the same
+  pixels on natural-like, flat, two-valued, narrow and clipped images, band by band."""
+  from PIL import Image, ImageOps  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  smooth = np.clip(rng.normal(120, 30, (S, S, 3)), 0, 255).astype(np.uint8)
+  images = [clip(height=S, width=S)[0], smooth, np.full((S, S, 3), 77, np.uint8),
+            np.where(rng.random((S, S, 3)) < 0.5, 10, 200).astype(np.uint8),
+            rng.integers(100, 104, (S, S, 3), dtype=np.uint8), np.clip(smooth.astype(int) * 3, 0, 255).astype(np.uint8),
+            np.stack([smooth[..., 0], np.full((S, S), 9, np.uint8), smooth[..., 2] // 4], -1)]
+  for k, array in enumerate(images):
+    image = Image.fromarray(array)
+    for name, pil in (("Equalize", ImageOps.equalize), ("AutoContrast", ImageOps.autocontrast)):
+      np.testing.assert_array_equal(np.asarray(transforms._apply(image, name, None, None)), np.asarray(pil(image)),
+                                    err_msg=f"{name} on image {k}")
+  frames = clip(height=S, width=S)
+  for seed in range(40):  # the frames as PIL images (Kinetics' crop hands them over) or as an array: the same clip
+    from_images = transforms.auto_augment([Image.fromarray(f) for f in frames], np.random.default_rng(seed))
+    np.testing.assert_array_equal(from_images, transforms.auto_augment(frames, np.random.default_rng(seed)))

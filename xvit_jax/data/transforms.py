@@ -62,14 +62,27 @@ def multiscale_crop(frames, rng, size, flip_p=0.0):
   flip_p > 0 the clip's flip is drawn next and done on the resized PIL images: the pixels of
   `flip(multiscale_crop(frames, rng, size), rng, flip_p)`, without a strided copy of the clip.
   """
+  return _stack(_multiscale_images(frames, rng, size, flip_p))
+
+
+def _multiscale_images(frames, rng, size, flip_p):
+  """`multiscale_crop`'s frames as PIL images (AutoAugment goes on with them)."""
   height, width = frames.shape[1:3]
   x, y, crop_w, crop_h = multiscale_box(height, width, size, rng)
   mirror = _draw_flip(rng, flip_p)
   crops = frames[:, y:y + crop_h, x:x + crop_w]
-  images = (Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR) for f in crops)
+  images = [Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR) for f in crops]
   if mirror:
-    images = (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images)
-  return np.stack([np.asarray(image) for image in images])
+    images = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]
+  return images
+
+
+def _stack(images):
+  """uint8 (T, H, W, 3) of PIL images, each copied once."""
+  out = np.empty((len(images), images[0].size[1], images[0].size[0], 3), np.uint8)
+  for t, image in enumerate(images):
+    out[t] = np.asarray(image)
+  return out
 
 
 def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320), flip_p=0.0):
@@ -167,8 +180,38 @@ def _lut(name, arg):
   return i & ~(2 ** (8 - arg) - 1) if arg < 8 else i  # Posterize (numpy: Pillow >= 10 rejects 0 bits)
 
 
+def _equalize_lut(histogram):
+  """PIL's ImageOps.equalize table of one band's 256-bin histogram, in numpy: bin i -> (step // 2 + the count
+  below i) // step, step = (pixels - the last non-empty bin's count) // 255; identity when one bin or step 0."""
+  filled = histogram[histogram > 0]
+  step = (int(filled.sum()) - int(filled[-1])) // 255 if len(filled) > 1 else 0
+  if not step:
+    return np.arange(256)
+  below = np.concatenate([[0], np.cumsum(histogram)[:-1]])
+  return (step // 2 + below) // step
+
+
+def _autocontrast_lut(histogram):
+  """PIL's ImageOps.autocontrast table (no cutoff) of one band: [lo, hi] (the first and last non-empty bins)
+  stretched to [0, 255], int() of ix * scale + offset in float64, clipped; identity when hi <= lo."""
+  filled = np.flatnonzero(histogram)
+  lo, hi = (int(filled[0]), int(filled[-1])) if len(filled) else (255, 0)
+  if hi <= lo:
+    return np.arange(256)
+  scale = 255.0 / (hi - lo)
+  offset = -lo * scale
+  return np.clip(np.trunc(np.arange(256) * scale + offset), 0, 255).astype(np.int64)
+
+
+def _histogram_lut(image, band_lut):
+  """`image` through the table band_lut(histogram) of each of its bands (Equalize, AutoContrast)."""
+  bands = np.asarray(image.histogram(), np.int64).reshape(-1, 256)
+  return image.point(np.concatenate([band_lut(h) for h in bands]).tolist())
+
+
 def _apply(image, name, arg, resample):
-  """One op on one PIL image, as timm's op functions."""
+  """One op on one PIL image, as timm's op functions (Equalize and AutoContrast as PIL's ImageOps, their tables
+  computed in numpy)."""
   if name == "Rotate":
     return image.rotate(arg, resample=resample, fillcolor=FILL)
   if name in ("ShearX", "ShearY", "TranslateYRel"):
@@ -178,8 +221,8 @@ def _apply(image, name, arg, resample):
   if name == "Color":
     return ImageEnhance.Color(image).enhance(arg)
   if name == "Equalize":
-    return ImageOps.equalize(image)
-  return ImageOps.autocontrast(image)  # AutoContrast
+    return _histogram_lut(image, _equalize_lut)
+  return _histogram_lut(image, _autocontrast_lut)  # AutoContrast
 
 
 def auto_augment(frames, rng):
@@ -189,15 +232,19 @@ def auto_augment(frames, rng):
   ops is bilinear or bicubic at random per frame; fill (128, 128, 128). The official hparams set
   translate_const = 100, but v0 only uses TranslateYRel (45% of the height at magnitude 10), so it
   has no effect. Equalize and AutoContrast use each frame's own histogram (as PIL per frame).
+  `frames`: uint8 (T, H, W, 3) or a list of PIL images (the frames stay PIL images from op to op).
   """
-  frames = np.asarray(frames)
-  for name, arg, filters in autoaugment_plan(rng, len(frames)):
+  plan = autoaugment_plan(rng, len(frames))
+  if not plan:
+    return frames if isinstance(frames, np.ndarray) else _stack(frames)
+  images = [Image.fromarray(f) for f in frames] if isinstance(frames, np.ndarray) else frames
+  for name, arg, filters in plan:
     if name in ("Invert", "Solarize", "SolarizeAdd", "Posterize"):
-      frames = _lut(name, arg).astype(np.uint8)[frames]
+      table = np.tile(_lut(name, arg), 3).tolist()
+      images = [image.point(table) for image in images]
     else:
-      frames = np.stack([np.asarray(_apply(Image.fromarray(f), name, arg, filters[t] if filters else None))
-                         for t, f in enumerate(frames)])
-  return frames
+      images = [_apply(image, name, arg, filters[t] if filters else None) for t, image in enumerate(images)]
+  return _stack(images)
 
 
 # --- random erasing: drawn here, applied after normalisation on the device (preprocess.erase) -------
@@ -234,11 +281,13 @@ def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
   if multiscale:  # the flip is drawn right after the crop, and done while cropping
-    frames = multiscale_crop(frames, rng, image_size, flip_p)
+    frames = _multiscale_images(frames, rng, image_size, flip_p)  # PIL images until AutoAugment is done
   else:
     frames = short_side_jitter_crop(frames, rng, image_size, short_side_range, flip_p)
   if autoaugment:
     frames = auto_augment(frames, rng)
+  elif not isinstance(frames, np.ndarray):
+    frames = _stack(frames)
   box = erasing_box(image_size, image_size, rng, erasing_p) if erasing_p > 0 else None
   return frames, np.array(box or NO_BOX, np.int32)
 

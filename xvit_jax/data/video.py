@@ -246,10 +246,11 @@ def resize_short_side(frames, size, *, crop=None, mirror=False):
   item 11). Separable: along W, then the rows are blended along H, the order of torch's CPU kernel.
   Portrait frames (H > W) keep W = size; square frames count as landscape.
 
-  crop: (top, left, height, width) of the resized frames to return, computed alone (each output pixel
-  is the same float32 arithmetic as in the whole resize, so the result equals resizing then cropping,
-  bit for bit). uint8 frames are gathered before they become float32 (the same numbers, fewer bytes).
-  mirror: the result flipped left to right (each column computed as without it, then placed mirrored).
+  crop: (top, left, height, width) of the resized frames to return, computed alone from the source rows and
+  columns it reads (each output pixel is the same float32 arithmetic as in the whole resize, so the result
+  equals resizing then cropping, bit for bit). uint8 frames are gathered before they become float32 (the same
+  numbers, fewer bytes). mirror: the result flipped left to right (each column computed as without it, then
+  placed mirrored).
   """
   frames = np.asarray(frames)
   height, width = frames.shape[1:3]
@@ -261,11 +262,12 @@ def resize_short_side(frames, size, *, crop=None, mirror=False):
   xi0, xi1, xw0, xw1 = (a[columns] for a in _linear_taps(width, new_w))
   yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
   rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)  # the source rows used
+  first, last = int(xi0.min()), int(xi1.max())  # and columns
   # channels first, so both passes gather along contiguous axes; products and sums as above, in place
-  source = np.ascontiguousarray(frames[:, rows].transpose(0, 3, 1, 2))  # (T, C, rows, W)
-  wide = np.take(source, xi0, axis=3).astype(np.float32)
+  source = np.ascontiguousarray(frames[:, rows, first:last + 1].transpose(0, 3, 1, 2))  # (T, C, rows, cols)
+  wide = np.take(source, xi0 - first, axis=3).astype(np.float32)
   wide *= xw0
-  other = np.take(source, xi1, axis=3).astype(np.float32)
+  other = np.take(source, xi1 - first, axis=3).astype(np.float32)
   other *= xw1
   wide += other  # (T, C, rows, out_w)
   out = np.take(wide, where[:out_h], axis=2)
