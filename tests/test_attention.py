@@ -77,3 +77,25 @@ def test_summaries_are_spatial_means():
 def test_dot_product_attention_matches_jax():
   q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)) for i in range(3))
   np.testing.assert_allclose(dot_product_attention(q, k, v), jax.nn.dot_product_attention(q, k, v), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, fold, segment, window", [
+    ((2, 16, 3, 4, 24), 12, 8, 1),  # 12 channels: half a head of 24
+    ((1, 6, 2, 3, 4), 2, 3, 2), ((1, 4, 2, 16), 3, 2, 2),  # offsets past the segment
+    ((1, 5, 2, 20), 4, 5, 3)])
+def test_the_two_mixing_formulations_are_the_same_numbers(shape, fold, segment, window):
+  """space_time_mix selects per channel where a mesh splits the heads (local on every chip) and slices channels
+  elsewhere (fewer bytes shifted): bit for bit the same, in float32 and bfloat16, and so are their gradients."""
+  from xvit_jax.models import attention  # pylint: disable=import-outside-toplevel
+  offsets = [sign * step for step in range(1, window + 1) for sign in (1, -1)]
+  x = jax.random.normal(jax.random.key(sum(shape)), shape)
+  weights = jnp.arange(x.size, dtype=jnp.float32).reshape(shape)
+
+  def outputs(mix):  # float32 and bfloat16 mixed, and the float32 gradient of a weighted sum
+    run = lambda y: mix(y, offsets, fold, segment)
+    return jax.jit(lambda y: (run(y), run(y.astype(jnp.bfloat16)), jax.grad(lambda z: jnp.sum(run(z) * weights))(y)))(x)
+
+  for ours, theirs in zip(outputs(attention._mix_by_slices), outputs(attention._mix_by_select)):
+    np.testing.assert_array_equal(ours, theirs)
+  np.testing.assert_array_equal(space_time_mix(x, fold=fold, segment=segment, window=window),
+                                attention._mix_by_slices(x, offsets, fold, segment))

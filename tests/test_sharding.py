@@ -97,11 +97,12 @@ for workdir, overrides in json.loads(sys.argv[1]).items():
 
 STEPS = ["--config.total_steps=3", "--config.log_every=1", "--config.eval_every=3",
          "--config.augment.mixup=0.4", "--config.augment.mixup_group=4", "--config.optimizer.label_smoothing=0.1"]
-TA = ("--config.model.consensus=temporal_attention", "--config.model.num_frames=8")
+TA = ("--config.model.consensus=temporal_attention", "--config.model.num_frames=8", "--config.model.shift_segment=2")
 # the blocks as one scan (remat dots): the same numbers as the loop, so compared with the loop on one device
 SCANNED = ("--config.model.scan_layers=True", "--config.model.remat_policy=dots")
 # {name: ((data, fsdp, frames, tensor), model overrides)}; frames=4 splits the demo's 4 frames one a chip (avg
-# head) and 8 frames two a chip under the temporal-attention head: X-ViT's mixing then crosses chips
+# head): X-ViT's mixing then crosses chips; and 8 frames two a chip under the temporal-attention head, mixed in
+# segments of 2: each chip mixes its own segment
 MESHES = {"dp2_fsdp4": ((2, 4, 1, 1), ()), "dp2_fsdp2_tp2": ((2, 2, 1, 2), ()), "dp2_frames4": ((2, 1, 4, 1), ()),
           "dp2_frames4_ta": ((2, 1, 4, 1), TA), "dp2_fsdp2_tp2_scanned": ((2, 2, 1, 2), SCANNED)}
 

@@ -182,10 +182,15 @@ def traced_over(mesh, fn):
   return traced
 
 
+def traced_size(axis):
+  """The size of `axis` of the mesh being traced over (traced_over); 1 without a mesh or that axis."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return 1 if mesh.empty else mesh.shape.get(axis, 1)
+
+
 def traced_frames():
   """The size of the frames axis of the mesh being traced over (traced_over); 1 without a mesh."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return 1 if mesh.empty else mesh.shape.get("frames", 1)
+  return traced_size("frames")
 
 
 def split_frames(x, *rest):
