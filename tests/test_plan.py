@@ -199,3 +199,24 @@ def test_the_planned_batches_are_the_pipelines():
         k: (np.shape(v), np.asarray(v).dtype) for k, v in real.items()}
   assert {"mixup_lam", "mixup_partner", "mixup_label"} <= set(real_train)
   assert math.prod(plan.train_batch(config, mesh)["video"].shape) == real_train["video"].size
+
+
+def test_a_step_the_compiler_refuses_for_hbm_is_reported_not_raised():
+  """libtpu words its out-of-HBM refusal in more than one way (this one came at 496 frames on data=16); each is a
+  step that does not fit, with the compiler's figures; any other compile error still raises."""
+
+  class Lowered:
+    def __init__(self, message):
+      self.message = message
+
+    def compile(self):
+      raise jax.errors.JaxRuntimeError(self.message)
+
+  for message in ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory "
+                  "in memory space hbm. Used 15.79G of 15.75G hbm. Exceeded hbm capacity by 43.36M.\nTotal hbm usage",
+                  "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. CompileTimeHbmOom: Ran out of memory in memory "
+                  "space HBM. Used 18.53G of 15.75G hbm."):
+    compiled, refused = plan.compile_for_tpu(Lowered(message))
+    assert compiled is None and "Used 1" in refused and "\n" not in refused
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    plan.compile_for_tpu(Lowered("INTERNAL: something else"))

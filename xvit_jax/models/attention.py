@@ -46,9 +46,11 @@ def space_time_mix(x, *, fold, segment, window=1):
   on every device whatever splits the heads, and only the shift along time moves data (between devices only
   when the frames are split). A group may cover part of a head (the official K600 model mixes 96 channels of
   64-channel heads), which whole-head slicing could not. Otherwise each group's channels are sliced, shifted
-  and concatenated with the rest: only 2 * window * fold channels of C are shifted, where the select shifts
-  them all (one X-ViT-B/16 block at 256 frames on a v5e frames=4 slice keeps 1.91 GiB of temporaries
-  against 2.31). The two give the same numbers.
+  and concatenated with the rest, with q, k and v kept as (B, T, N, C) (Attention): only 2 * window * fold
+  channels of C are shifted, where the select shifts them all. Twelve X-ViT-B/16 blocks at 512 frames on a v5e
+  frames=4 slice keep 5.13 GiB of temporaries this way, 5.43 with the select (BENCHMARKS.md, "Frames across
+  chips"). The two give the same numbers. (Cutting T into segments to shift within them, which needs no halo
+  from the next chip, kept 11.67 GiB there.)
   """
   if fold == 0:
     return x
@@ -59,26 +61,11 @@ def space_time_mix(x, *, fold, segment, window=1):
 def _mix_by_slices(x, offsets, fold, segment):
   """space_time_mix as slices of channels shifted along time and concatenated."""
   flat = x.reshape(*x.shape[:3], -1)  # channels as one axis: (H, D) pads on TPUs
-  shift = lambda part, offset: _within_segments(part, offset, segment)
-  groups = [shift(flat[..., i * fold:(i + 1) * fold], offset) for i, offset in enumerate(offsets)]
+  groups = []
+  for i, offset in enumerate(offsets):
+    shifted, inside = _from_frame(flat[..., i * fold:(i + 1) * fold], offset, segment)
+    groups.append(shifted if inside is None else jnp.where(inside, shifted, jnp.zeros((), x.dtype)))
   return jnp.concatenate(groups + [flat[..., len(offsets) * fold:]], axis=-1).reshape(x.shape)
-
-
-def _within_segments(x, offset, segment):
-  """out[:, t] = x[:, t + offset] where t + offset lies in t's segment of `segment` frames, else zeros. Where
-  each chip holds whole segments (always without mesh.frames) the frames are cut into segments and shifted
-  within them, which moves nothing between chips; otherwise a shift along T with a halo from the next chip."""
-  b, t = x.shape[:2]
-  segment = min(segment, t)
-  if (t // segment) % sharding.traced_frames():
-    shifted, inside = _from_frame(x, offset, segment)
-    return shifted if inside is None else jnp.where(inside, shifted, jnp.zeros((), x.dtype))
-  if abs(offset) >= segment:
-    return jnp.zeros_like(x)
-  x = sharding.split_frames(x.reshape(b, t // segment, segment, *x.shape[2:]))  # (B, T/segment, segment, ...)
-  pad = [(0, 0)] * x.ndim
-  pad[2] = (0, offset) if offset > 0 else (-offset, 0)
-  return jnp.pad(x[:, :, offset:] if offset > 0 else x[:, :, :offset], pad).reshape(b, t, *x.shape[3:])
 
 
 def _mix_by_select(x, offsets, fold, segment):

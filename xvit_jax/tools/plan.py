@@ -212,7 +212,7 @@ def compile_for_tpu(lowered):
       return lowered.compile(), None
   except jax.errors.JaxRuntimeError as e:
     message = str(e).splitlines()[0]
-    if "RESOURCE_EXHAUSTED" not in message or "HBM" not in message:
+    if "RESOURCE_EXHAUSTED" not in message or "hbm" not in message.lower():  # libtpu says "HBM" or "hbm"
       raise
     return None, re.sub(r"^.*?CompileTimeHbmOom: |\s*HLO module:.*$", "", message)
 
