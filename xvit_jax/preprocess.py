@@ -4,7 +4,7 @@ Clips cross to the device as uint8 pixels and become the model's input inside th
 (reference 5.1), then for train batches the random erasing box and mixup the host drew (data.transforms); eval
 batches carry each view's window of source pixels and the taps of the official test resize, which
 `eval_views` applies here (in float32, as the official code). Predict's views are float32 pixels cut on the
-host (one video). Doing it here keeps the bytes on the wire a quarter of float32's (eval: a sixth) and the
+host (one video). Doing it here keeps the bytes on the wire a quarter of float32's (eval: a third) and the
 arithmetic in one place; the numbers are those the host computed before (normalize bitwise, mixup and the
 eval resize within float32 rounding).
 """

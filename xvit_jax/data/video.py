@@ -379,7 +379,7 @@ def view_windows(frames, *, num_frames, image_size, sampling, stride=None, tempo
   window of source pixels its crop reads and the resize's taps into it. Returns {"video": uint8 (views,
   num_frames, window, window, 3) (zero-padded past the frame), "rows"/"cols": int32 (views, S, 2), each output
   row's (column's) two source indices in the window, "row_weights"/"col_weights": float32 (views, S, 2), their
-  weights}. The device's views equal `eval_views`' within float32 rounding, from a sixth of the bytes (uint8,
+  weights}. The device's views equal `eval_views`' within float32 rounding, from a third of the bytes (uint8,
   and no float32 copies of three overlapping crops). `window`: `window_size` of the frames' largest short
   side; UserError naming `name` if a crop reads more.
   """
