@@ -78,6 +78,7 @@ def train_losses(bucket, run):
   return {r["step"]: r["train/loss"] for r in records(bucket, run) if "train/loss" in r}
 
 
+@pytest.mark.slow  # 30 s; test_resume's SIGKILL test covers resume, the other tests here the bucket
 def test_sigkill_then_resume_in_cloud_storage_is_bitwise_the_uninterrupted_local_run(tmp_path, bucket):
   local = run_main(tmp_path, *RUN)
   assert local.returncode == 0, local.stderr[-2000:]

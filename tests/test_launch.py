@@ -456,6 +456,7 @@ def get_config():
 '''
 
 
+@pytest.mark.slow  # 40 s; the slow tests' README command runs it
 def test_colab_notebook_runs_top_to_bottom_on_cpu(tmp_path):
   import nbformat
   from nbclient import NotebookClient

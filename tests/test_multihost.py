@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import final_params, grey_video, main_config, prepare, read_metrics, run_main, saved_steps, start_main
 from conftest import write_csv
@@ -89,6 +90,7 @@ def test_two_processes_train_as_one(tmp_path):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # 20 s; the slow tests' README command runs it
 def test_sigterm_on_one_host_stops_both_at_the_same_saved_step(tmp_path):
   processes = start_processes(tmp_path, "--config.total_steps=400", "--config.log_every=1", "--config.eval_every=0",
                               "--config.checkpoint_every=0")
