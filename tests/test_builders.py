@@ -221,3 +221,9 @@ def test_target_size_keeps_the_aspect_never_upscales_and_is_even():
   sizes = {(300, 400): (256, 340), (1080, 1920): (256, 454), (640, 360): (454, 256), (256, 340): (256, 340),
            (48, 64): (48, 64), (47, 63): (46, 62)}
   assert {size: common.target_size(*size) for size in sizes} == sizes
+
+
+def test_eval_windows_hold_what_the_builders_store():
+  """sources.EvalViews cuts windows for frames of short side at most sources.SHORT_SIDE (a copy: importing the
+  builders imports TFDS, which checking a config must not): the builders' own bound."""
+  assert sources.SHORT_SIDE == common.SHORT_SIDE

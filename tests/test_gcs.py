@@ -105,6 +105,7 @@ def test_sigkill_then_resume_in_cloud_storage_is_bitwise_the_uninterrupted_local
   assert len(events) == 2 and all(b.size > 0 for b in events)  # one event file per run
 
 
+@pytest.mark.slow  # 20 s; test_reliability refuses a second run and test_resume saves on SIGTERM, on a local workdir
 def test_a_second_run_is_refused_and_sigterm_saves_and_frees_the_lock(bucket):
   workdir = f"gs://{BUCKET}/busy"
   first = start_main(workdir, "--config.total_steps=100000", "--config.log_every=1", "--config.eval_every=0",

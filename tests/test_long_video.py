@@ -68,6 +68,7 @@ def test_windows_every_second_as_json_lines_and_a_timeline(clip_dir, tmp_path):
   assert image.shape == (400, 1000, 4) and image[..., :3].std() > 0.05  # 10 x 4 inches at 100 dpi, not blank
 
 
+@pytest.mark.slow  # 18 s; test_long_video's checkpoint windows and test_export's artifact parity cover its parts
 def test_an_exported_artifact_writes_the_same_windows_to_a_file(clip_dir, tmp_path):
   artifact = tmp_path / "model.jaxexport"
   exported = export_tool(f"--checkpoint={clip_dir / 'run'}", f"--output={artifact}", "--check-clips=0")

@@ -44,6 +44,7 @@ def test_train_log_evaluate_checkpoint_and_resume(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
 
 
+@pytest.mark.slow  # 25 s; test_sharding trains on 8 devices over 5 meshes
 def test_data_parallel_over_four_devices(tmp_path):
   result = run_main(tmp_path, "--config.total_steps=2", devices=4)
   assert result.returncode == 0, result.stderr[-2000:]

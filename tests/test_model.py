@@ -128,7 +128,8 @@ def test_the_model_takes_plain_hyperparameters_and_create_model_maps_the_config_
 
 
 @pytest.mark.parametrize("attention,layers,shift_layers,loops", [
-    ("xvit", 5, "1-2", 2), ("spatial", 3, "all", 1), ("divided", 3, "all", 1)])
+    ("xvit", 5, "1-2", 2), pytest.param("spatial", 3, "all", 1, marks=pytest.mark.slow),  # 16 s each
+    pytest.param("divided", 3, "all", 1, marks=pytest.mark.slow)])
 def test_scanned_blocks_give_the_numbers_of_the_loop(attention, layers, shift_layers, loops):
   """Each run of alike blocks scanned (X-ViT's 5 blocks mixing in 1 and 2: runs [0] [1 2] [3 4]) gives the
   loop's logits and, training with drop path and dropout, its gradients; the compiled forward holds one loop

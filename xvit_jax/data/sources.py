@@ -20,10 +20,10 @@ import numpy as np
 from absl import logging
 
 from xvit_jax.data import label_heads, synthetic, video
-from xvit_jax.data.builders import common
 from xvit_jax.errors import UserError
 
 SYNTHETIC = "synthetic"
+SHORT_SIDE = 256  # prepared frames' short side at most: builders.common.SHORT_SIDE (tested), whose package imports TFDS
 
 
 def source(config, split):
@@ -161,7 +161,7 @@ class EvalViews:
                        temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
     self.views = 1 if self.synthetic else e.temporal_views * e.spatial_crops
     self.shape = (self.views, m.num_frames, m.image_size, m.image_size, 3)  # the views the model sees
-    self.window = m.image_size if self.synthetic else video.window_size(common.SHORT_SIDE)
+    self.window = m.image_size if self.synthetic else video.window_size(SHORT_SIDE)
 
   def specs(self):
     """{key: (shape, dtype)} of one video's views in an eval batch (the pixels and taps; not label and mask)."""
