@@ -160,23 +160,18 @@ class EvalViews:
     self.kwargs = dict(num_frames=m.num_frames, image_size=m.image_size, sampling=e.sampling, stride=e.stride,
                        temporal_views=e.temporal_views, spatial_crops=e.spatial_crops)
     self.views = 1 if self.synthetic else e.temporal_views * e.spatial_crops
-    self.shape = (self.views, m.num_frames, m.image_size, m.image_size, 3)  # the views the model sees
     self.window = m.image_size if self.synthetic else video.window_size(SHORT_SIDE)
 
   def specs(self):
     """{key: (shape, dtype)} of one video's views in an eval batch (the pixels and taps; not label and mask)."""
-    taps = (self.views, self.shape[2], 2)
-    return {"video": ((self.views, self.shape[1], self.window, self.window, 3), np.uint8),
+    taps = (self.views, self.kwargs["image_size"], 2)
+    return {"video": ((self.views, self.kwargs["num_frames"], self.window, self.window, 3), np.uint8),
             "rows": (taps, np.int32), "row_weights": (taps, np.float32), "cols": (taps, np.int32),
             "col_weights": (taps, np.float32)}
 
   def __call__(self, record):
     if self.synthetic:
-      clip = np.asarray(record["video"], np.uint8)
-      taps = np.stack([np.arange(clip.shape[1])] * 2, -1)[None].astype(np.int32)
-      weights = np.stack([np.ones(clip.shape[1]), np.zeros(clip.shape[1])], -1)[None].astype(np.float32)
-      return {"video": clip[None], "rows": taps, "row_weights": weights, "cols": taps, "col_weights": weights,
-              "label": np.int32(record["label"]), "mask": np.float32(1)}
+      return {**video.unresized_view(record["video"]), "label": np.int32(record["label"]), "mask": np.float32(1)}
     keep_freed_memory()
     try:
       views = video.view_windows(stored_frames(record), **self.kwargs, window=self.window,

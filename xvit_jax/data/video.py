@@ -397,15 +397,23 @@ def view_windows(frames, *, num_frames, image_size, sampling, stride=None, tempo
   out = {"video": np.zeros((views, num_frames, window, window, 3), np.uint8),
          "rows": np.empty((views, image_size, 2), np.int32), "row_weights": np.empty((views, image_size, 2), np.float32),
          "cols": np.empty((views, image_size, 2), np.int32), "col_weights": np.empty((views, image_size, 2), np.float32)}
-  for c, (y0, x0) in enumerate(offsets):
-    rows, row_weights, top = _window_taps(taps_y, y0, image_size, window, name)
-    cols, col_weights, left = _window_taps(taps_x, x0, image_size, window, name)
+  for c, (y0, x0) in enumerate(offsets):  # view k * crops + c: temporal view k, crop c
+    every_k = slice(c, None, len(offsets))
+    out["rows"][every_k], out["row_weights"][every_k], top = _window_taps(taps_y, y0, image_size, window, name)
+    out["cols"][every_k], out["col_weights"][every_k], left = _window_taps(taps_x, x0, image_size, window, name)
     part = picked[:, top:top + window, left:left + window]
-    for k in range(count):
-      v = k * len(offsets) + c
-      out["video"][v, :, :part.shape[1], :part.shape[2]] = part[k * num_frames:(k + 1) * num_frames]
-      out["rows"][v], out["row_weights"][v], out["cols"][v], out["col_weights"][v] = rows, row_weights, cols, col_weights
+    out["video"][every_k, :, :part.shape[1], :part.shape[2]] = part.reshape(count, num_frames, *part.shape[1:])
   return out
+
+
+def unresized_view(clip):
+  """A clip (T, S, S, 3) as one view of `view_windows`, its own window with taps that keep every pixel: what the
+  device makes of it is the clip, normalised (the synthetic task's eval clips)."""
+  clip = np.asarray(clip, np.uint8)
+  rows, weights, _ = _window_taps(_identity_taps(clip.shape[1]), 0, clip.shape[1], clip.shape[1], "clip")
+  cols, col_weights, _ = _window_taps(_identity_taps(clip.shape[2]), 0, clip.shape[2], clip.shape[2], "clip")
+  return {"video": clip[None], "rows": rows[None], "row_weights": weights[None], "cols": cols[None],
+          "col_weights": col_weights[None]}
 
 
 def dense_random_indices(num_video_frames, num_frames, stride, rng):
