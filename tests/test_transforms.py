@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xvit_jax.data import transforms
+from xvit_jax.data import kernels, transforms, video
 
 T, H, W, S = 4, 64, 80, 48
 
@@ -139,6 +139,22 @@ def test_multiscale_box_draws_only_allowed_boxes_and_crops_it():
   np.testing.assert_array_equal(out[2], np.asarray(want))
 
 
+def test_multiscale_resize_is_pils_bit_for_bit():
+  """kernels.resize, the Kinetics crop's resize, against PIL's own per frame: shrinking (antialiased) and
+  enlarging, one axis kept, nothing to resize, the vertical pass first (Pillow 13, when the height shrinks much
+  more than the width) or second, mirrored or not, over an odd number of frames."""
+  frames = clip(t=5)
+  boxes = [(0, 0, 64, 64), (5, 3, 40, 56), (0, 0, 50, 64), (0, 0, 70, 56), (0, 2, S, 60), (2, 1, 70, S), (8, 8, S, S),
+           (30, 10, 33, 29)]
+  for box in boxes:
+    for mirror in (False, True):
+      x, y, w, h = box
+      want = [Image.fromarray(f[y:y + h, x:x + w]).resize((S, S), Image.Resampling.BILINEAR) for f in frames]
+      want = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in want] if mirror else want
+      np.testing.assert_array_equal(kernels.resize(frames, box, S, mirror), np.stack([np.asarray(i) for i in want]),
+                                    err_msg=f"box {box} mirror {mirror}")
+
+
 def test_short_side_jitter_crop():
   frames = clip(height=40, width=60)
   lengths = set()
@@ -156,6 +172,49 @@ def test_short_side_jitter_crop():
   portrait = clip(height=60, width=40)
   portrait = transforms.short_side_jitter_crop(portrait, np.random.default_rng(0), 32, (48, 48))
   assert portrait.shape == (T, 32, 32, 3)
+
+
+def test_short_side_jitter_crop_is_the_float_resize_rounded():
+  """The compiled crop (kernels.bilinear_crop) is the whole float32 torch-formula resize, cropped, mirrored when
+  the flip is drawn, rounded to uint8: landscape, portrait and square frames, upscaled and downscaled."""
+  mirrored = 0
+  for height, width, side in ((40, 60, (40, 52)), (60, 40, (36, 50)), (37, 37, (40, 48)), (50, 70, (33, 36))):
+    frames = clip(height=height, width=width)
+    for seed in range(10):
+      out = transforms.short_side_jitter_crop(frames, np.random.default_rng(seed), 32, side, flip_p=0.5)
+      rng = np.random.default_rng(seed)  # the same draws, by hand
+      length = int(round(rng.uniform(*side)))
+      h, w = video.short_side_shape(height, width, length)
+      y = int(rng.integers(0, h - 32)) if h > 32 else 0
+      x = int(rng.integers(0, w - 32)) if w > 32 else 0
+      want = video.resize_short_side(frames, length)[:, y:y + 32, x:x + 32]
+      if rng.random() < 0.5:
+        want, mirrored = want[:, :, ::-1], mirrored + 1
+      np.testing.assert_array_equal(out, np.clip(np.rint(want), 0, 255).astype(np.uint8), err_msg=f"{height}x{width}")
+  assert 5 < mirrored < 35
+
+
+def test_geometric_ops_are_pils_transforms_bit_for_bit():
+  """kernels.affine, which AutoAugment's Rotate, ShearX/Y and TranslateYRel use, against PIL's own `rotate` and
+  `transform` (timm's calls) on every frame, each with its filter: square and oblong frames, identity included."""
+  fill = transforms.FILL
+  pil = {"Rotate": lambda im, v, r: im.rotate(v, resample=r, fillcolor=fill),
+         "ShearX": lambda im, v, r: im.transform(im.size, Image.Transform.AFFINE, (1, v, 0, 0, 1, 0), r, fillcolor=fill),
+         "ShearY": lambda im, v, r: im.transform(im.size, Image.Transform.AFFINE, (1, 0, 0, v, 1, 0), r, fillcolor=fill),
+         "TranslateYRel": lambda im, v, r: im.transform(im.size, Image.Transform.AFFINE,
+                                                        (1, 0, 0, 0, 1, v * im.size[1]), r, fillcolor=fill)}
+  args = {"Rotate": (24.0, -27.0, 3.0, 0.0, -30.0), "ShearX": (0.27, -0.09), "ShearY": (-0.12, 0.0, 0.3),
+          "TranslateYRel": (0.405, -0.18)}
+  rng = np.random.default_rng(0)
+  for frames in (clip(t=6, height=S, width=S), clip(t=5, height=H, width=W)):
+    for name, values in args.items():
+      for value in values:
+        filters = [transforms.RESAMPLE[i] for i in rng.integers(2, size=len(frames))]
+        out = transforms._geometric(frames, name, value, filters)
+        want = np.stack([np.asarray(pil[name](Image.fromarray(f), value, r)) for f, r in zip(frames, filters)])
+        np.testing.assert_array_equal(out, want, err_msg=f"{name} {value} on {frames.shape}")
+  flat = clip(t=2, height=S, width=S)
+  assert kernels.affine(flat, kernels.IDENTITY, [True, False]) is flat
 
 
 def test_flip():
@@ -218,7 +277,7 @@ def test_equalize_and_autocontrast_tables_are_pils():
   for k, array in enumerate(images):
     image = Image.fromarray(array)
     for name, pil in (("Equalize", ImageOps.equalize), ("AutoContrast", ImageOps.autocontrast)):
-      np.testing.assert_array_equal(np.asarray(transforms._apply(image, name, None, None)), np.asarray(pil(image)),
+      np.testing.assert_array_equal(np.asarray(transforms._apply(image, name, None)), np.asarray(pil(image)),
                                     err_msg=f"{name} on image {k}")
   frames = clip(height=S, width=S)
   for seed in range(40):  # the frames as PIL images (Kinetics' crop hands them over) or as an array: the same clip

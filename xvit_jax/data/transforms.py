@@ -1,8 +1,8 @@
 """Train-time augmentation of one clip (reference 5.1-5.3), synchronized over its frames; mixup of a group.
 
-numpy and Pillow only (no jax), for data workers. Every random choice is drawn once per clip from an
-explicit np.random.Generator and applied alike to all frames (reference 5.1), so the same seed gives
-the same clip. The only per-frame draw is AutoAugment's resampling filter for geometric ops, as the
+numpy, Pillow and compiled loops that reproduce Pillow's bit for bit (xvit_jax.data.kernels; no jax), for data
+workers. Every random choice is drawn once per clip from an explicit np.random.Generator and applied alike to
+all frames (reference 5.1), so the same seed gives the same clip. The only per-frame draw is AutoAugment's resampling filter for geometric ops, as the
 official code does. Frames stay uint8 (T, H, W, 3): what needs normalised values (the erasing box's
 mid-grey, mixup's blend) is drawn here and applied on the device (xvit_jax.preprocess).
 
@@ -22,7 +22,7 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from xvit_jax.data import video
+from xvit_jax.data import kernels, video
 
 # --- spatial sampling --------------------------------------------------------------------------------
 
@@ -58,31 +58,13 @@ def multiscale_crop(frames, rng, size, flip_p=0.0):
   """Kinetics train crop, the official `random_scale_and_resize` (reference 5.2): uint8 (T, size, size, 3).
 
   Crop the `multiscale_box` (aspect ratio may change) and resize every frame to size x size with PIL
-  bilinear (PIL's resize antialiases when it shrinks), as the official code does on PIL images. With
-  flip_p > 0 the clip's flip is drawn next and done on the resized PIL images: the pixels of
-  `flip(multiscale_crop(frames, rng, size), rng, flip_p)`, without a strided copy of the clip.
+  bilinear (PIL's resize antialiases when it shrinks), as the official code does on PIL images: PIL's own
+  arithmetic, bit for bit, over all frames at once (`kernels.resize`). With flip_p > 0 the clip's flip is drawn
+  next and done while resizing: the pixels of `flip(multiscale_crop(frames, rng, size), rng, flip_p)`.
   """
-  return _stack(_multiscale_images(frames, rng, size, flip_p))
-
-
-def _multiscale_images(frames, rng, size, flip_p):
-  """`multiscale_crop`'s frames as PIL images (AutoAugment goes on with them)."""
   height, width = frames.shape[1:3]
   x, y, crop_w, crop_h = multiscale_box(height, width, size, rng)
-  mirror = _draw_flip(rng, flip_p)
-  crops = frames[:, y:y + crop_h, x:x + crop_w]
-  images = [Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR) for f in crops]
-  if mirror:
-    images = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in images]
-  return images
-
-
-def _stack(images):
-  """uint8 (T, H, W, 3) of PIL images, each copied once."""
-  out = np.empty((len(images), images[0].size[1], images[0].size[0], 3), np.uint8)
-  for t, image in enumerate(images):
-    out[t] = np.asarray(image)
-  return out
+  return kernels.resize(frames, (x, y, crop_w, crop_h), size, mirror=_draw_flip(rng, flip_p))
 
 
 def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320), flip_p=0.0):
@@ -90,8 +72,9 @@ def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320), flip_
 
   As SlowFast: length = int(round(uniform(low, high))) (so each end is half as likely as an inner
   value), resized as `video.resize_short_side` (torch bilinear, no antialias); the crop offset is
-  randint(0, L - size) with the upper bound excluded, 0 when L == size. Returns uint8. With flip_p > 0
-  the clip's flip is drawn next and the crop is resized mirrored: `flip` of the crop, bit for bit.
+  randint(0, L - size) with the upper bound excluded, 0 when L == size. Returns uint8: the float32 resize
+  rounded (`kernels.bilinear_crop`, which computes only the crop). With flip_p > 0 the clip's flip is drawn
+  next and the crop is resized mirrored: `flip` of the crop, bit for bit.
   """
   low, high = short_side_range
   length = int(round(rng.uniform(low, high)))
@@ -101,8 +84,10 @@ def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320), flip_
   y = int(rng.integers(0, height - size)) if height > size else 0
   x = int(rng.integers(0, width - size)) if width > size else 0
   mirror = _draw_flip(rng, flip_p)
-  crop = video.resize_short_side(frames, length, crop=(y, x, size, size), mirror=mirror)  # only the crop
-  return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
+  taps = video.crop_taps(*frames.shape[1:3], length, crop=(y, x, size, size), mirror=mirror)  # only the crop
+  if taps is None:  # the short side is already `length`
+    return np.ascontiguousarray(frames[:, y:y + size, x:x + size][:, :, ::-1 if mirror else 1])
+  return kernels.bilinear_crop(frames, *taps)
 
 
 def _draw_flip(rng, p):
@@ -209,15 +194,38 @@ def _histogram_lut(image, band_lut):
   return image.point(np.concatenate([band_lut(h) for h in bands]).tolist())
 
 
-def _apply(image, name, arg, resample):
-  """One op on one PIL image, as timm's op functions (Equalize and AutoContrast as PIL's ImageOps, their tables
-  computed in numpy)."""
+def affine_matrix(name, arg, width, height):
+  """PIL's affine coefficients (a, b, c, d, e, f) of a geometric op on a width x height image: timm's shear and
+  translate matrices, and `Image.rotate(arg)`'s (about the centre, its terms rounded to 15 decimals and summed as
+  PIL sums them). Output pixel centre (x, y) reads the source at (a x + b y + c, d x + e y + f)."""
   if name == "Rotate":
-    return image.rotate(arg, resample=resample, fillcolor=FILL)
-  if name in ("ShearX", "ShearY", "TranslateYRel"):
-    matrix = {"ShearX": (1, arg, 0, 0, 1, 0), "ShearY": (1, 0, 0, arg, 1, 0),
-              "TranslateYRel": (1, 0, 0, 0, 1, arg * image.size[1])}[name]
-    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=FILL)
+    angle = -math.radians(arg % 360.0)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+    cx, cy = width / 2.0, height / 2.0
+    return a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy
+  return {"ShearX": (1, arg, 0, 0, 1, 0), "ShearY": (1, 0, 0, arg, 1, 0),
+          "TranslateYRel": (1, 0, 0, 0, 1, arg * height)}[name]
+
+
+def _stack(images):
+  """uint8 (T, H, W, 3) of PIL images, each copied once."""
+  out = np.empty((len(images), images[0].size[1], images[0].size[0], 3), np.uint8)
+  for t, image in enumerate(images):
+    out[t] = np.asarray(image)
+  return out
+
+
+def _geometric(clip, name, arg, filters):
+  """A geometric op on uint8 (T, H, W, 3), each frame with its filter: PIL's transform, bit for bit
+  (kernels.affine)."""
+  matrix = affine_matrix(name, arg, clip.shape[2], clip.shape[1])
+  return kernels.affine(clip, matrix, [f == Image.Resampling.BICUBIC for f in filters], FILL[0])
+
+
+def _apply(image, name, arg):
+  """A colour op on one PIL image, as timm's op functions (Equalize and AutoContrast as PIL's ImageOps, their
+  tables computed in numpy); the point ops (`_lut`) are applied by auto_augment."""
   if name == "Color":
     return ImageEnhance.Color(image).enhance(arg)
   if name == "Equalize":
@@ -232,19 +240,21 @@ def auto_augment(frames, rng):
   ops is bilinear or bicubic at random per frame; fill (128, 128, 128). The official hparams set
   translate_const = 100, but v0 only uses TranslateYRel (45% of the height at magnitude 10), so it
   has no effect. Equalize and AutoContrast use each frame's own histogram (as PIL per frame).
-  `frames`: uint8 (T, H, W, 3) or a list of PIL images (the frames stay PIL images from op to op).
+  `frames`: uint8 (T, H, W, 3) or a list of PIL images. Colour ops run on PIL images, geometric ones on the
+  whole clip as an array (`kernels.affine`, PIL's arithmetic); the clip changes form only between the two.
   """
-  plan = autoaugment_plan(rng, len(frames))
-  if not plan:
-    return frames if isinstance(frames, np.ndarray) else _stack(frames)
-  images = [Image.fromarray(f) for f in frames] if isinstance(frames, np.ndarray) else frames
-  for name, arg, filters in plan:
-    if name in ("Invert", "Solarize", "SolarizeAdd", "Posterize"):
-      table = np.tile(_lut(name, arg), 3).tolist()
-      images = [image.point(table) for image in images]
+  clip = frames
+  for name, arg, filters in autoaugment_plan(rng, len(frames)):
+    if name in GEOMETRIC:
+      clip = _geometric(clip if isinstance(clip, np.ndarray) else _stack(clip), name, arg, filters)
     else:
-      images = [_apply(image, name, arg, filters[t] if filters else None) for t, image in enumerate(images)]
-  return _stack(images)
+      images = [Image.fromarray(f) for f in clip] if isinstance(clip, np.ndarray) else clip
+      if name in ("Invert", "Solarize", "SolarizeAdd", "Posterize"):
+        table = np.tile(_lut(name, arg), 3).tolist()
+        clip = [image.point(table) for image in images]
+      else:
+        clip = [_apply(image, name, arg) for image in images]
+  return clip if isinstance(clip, np.ndarray) else _stack(clip)
 
 
 # --- random erasing: drawn here, applied after normalisation on the device (preprocess.erase) -------
@@ -281,13 +291,11 @@ def augment_clip(frames, rng, *, image_size, multiscale=True, short_side_range=(
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
   if multiscale:  # the flip is drawn right after the crop, and done while cropping
-    frames = _multiscale_images(frames, rng, image_size, flip_p)  # PIL images until AutoAugment is done
+    frames = multiscale_crop(frames, rng, image_size, flip_p)
   else:
     frames = short_side_jitter_crop(frames, rng, image_size, short_side_range, flip_p)
   if autoaugment:
     frames = auto_augment(frames, rng)
-  elif not isinstance(frames, np.ndarray):
-    frames = _stack(frames)
   box = erasing_box(image_size, image_size, rng, erasing_p) if erasing_p > 0 else None
   return frames, np.array(box or NO_BOX, np.int32)
 

@@ -235,6 +235,27 @@ def short_side_shape(height, width, size):
   return size, int(math.floor(float(width) / height * size))
 
 
+def _columns(left, width, mirror):
+  """The slice of `width` columns from `left`, right to left when `mirror`."""
+  return slice(left + width - 1, left - 1 if left else None, -1) if mirror else slice(left, left + width)
+
+
+def crop_taps(height, width, size, *, crop=None, mirror=False):
+  """What `resize_short_side(frames (T, height, width, C), size, crop=crop, mirror=mirror)` reads, or None when
+  frames of that size come back unchanged: (rows, where, (xi0, xi1, xw0, xw1), (yw0, yw1)), with `rows` the
+  source rows used, `where` (2 * out_h,) each output row's two positions in `rows` (top taps, then bottom),
+  per output column its two source columns and float32 weights (mirrored with `mirror`), per output row its
+  float32 weights."""
+  new_h, new_w = short_side_shape(height, width, size)
+  if (new_h, new_w) == (height, width):
+    return None
+  top, left, out_h, out_w = crop or (0, 0, new_h, new_w)
+  x_taps = tuple(a[_columns(left, out_w, mirror)] for a in _linear_taps(width, new_w))
+  yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
+  rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)
+  return rows, where, x_taps, (yw0, yw1)
+
+
 def resize_short_side(frames, size, *, crop=None, mirror=False):
   """Resize (T, H, W, C) so the short side is `size`: float32, as the official test resize (ref. 5.2).
 
@@ -253,16 +274,13 @@ def resize_short_side(frames, size, *, crop=None, mirror=False):
   placed mirrored).
   """
   frames = np.asarray(frames)
-  height, width = frames.shape[1:3]
-  new_h, new_w = short_side_shape(height, width, size)
-  top, left, out_h, out_w = crop or (0, 0, new_h, new_w)
-  columns = slice(left + out_w - 1, left - 1 if left else None, -1) if mirror else slice(left, left + out_w)
-  if (new_h, new_w) == (height, width):
-    return frames[:, top:top + out_h, columns].astype(np.float32)
-  xi0, xi1, xw0, xw1 = (a[columns] for a in _linear_taps(width, new_w))
-  yi0, yi1, yw0, yw1 = (a[top:top + out_h] for a in _linear_taps(height, new_h))
-  rows, where = np.unique(np.concatenate([yi0, yi1]), return_inverse=True)  # the source rows used
-  first, last = int(xi0.min()), int(xi1.max())  # and columns
+  taps = crop_taps(*frames.shape[1:3], size, crop=crop, mirror=mirror)
+  if taps is None:  # already `size`: the official early return
+    top, left, out_h, out_w = crop or (0, 0, *frames.shape[1:3])
+    return frames[:, top:top + out_h, _columns(left, out_w, mirror)].astype(np.float32)
+  rows, where, (xi0, xi1, xw0, xw1), (yw0, yw1) = taps
+  out_h = len(yw0)
+  first, last = int(xi0.min()), int(xi1.max())  # the source columns used
   # channels first, so both passes gather along contiguous axes; products and sums as above, in place
   source = np.ascontiguousarray(frames[:, rows, first:last + 1].transpose(0, 3, 1, 2))  # (T, C, rows, cols)
   wide = np.take(source, xi0 - first, axis=3).astype(np.float32)
