@@ -47,8 +47,9 @@ LIBTPU = "0.0.50.1"  # the libtpu jax[tpu]==0.12.0.1 pins (requirements-test.txt
 INSTALL = f"pip install -r requirements-test.txt (or pip install libtpu=={LIBTPU}, the version jax 0.12.0.1 pins)"
 
 # One data worker (one CPU core) making Kinetics train clips (configs/k400.py, format 2.0.0): BENCHMARKS.md,
-# "Input at accelerator speed", measured 2026-12-03 on the 2-core development VM (AMD EPYC, no AVX-512).
-INPUT_CLIPS_PER_WORKER = 20.5
+# "Input at accelerator speed", measured 2026-12-04 on the faster kind of the 2-core development VM (AMD EPYC
+# with AVX-512; on the slower kind, without it, expect fewer).
+INPUT_CLIPS_PER_WORKER = 49.4
 
 
 @dataclasses.dataclass(frozen=True)
