@@ -32,6 +32,12 @@ def dense(layer, x):
   return y.reshape(*x.shape[:-1], *y.shape[1:])  # the layer's output axes kept: the qkv Einsum's (3, H, D)
 
 
+def heads_split():
+  """Whether this trace splits the attention heads over chips (the mesh's `tensor` axis > 1): then q, k and v
+  keep their (H, D) channel axes and space_time_mix selects per channel; else channels are one axis, sliced."""
+  return sharding.traced_size("tensor") > 1
+
+
 def space_time_mix(x, *, fold, segment, window=1):
   """Paper eqs. 8-9: frame t's keys (or values) take channel slices from its neighbour frames.
 
@@ -54,7 +60,7 @@ def space_time_mix(x, *, fold, segment, window=1):
   """
   if fold == 0:
     return x
-  mix = _mix_by_slices if sharding.traced_size("tensor") == 1 else _mix_by_select
+  mix = _mix_by_select if heads_split() else _mix_by_slices
   return mix(x, [sign * step for step in range(1, window + 1) for sign in (1, -1)], fold, segment)
 
 
@@ -158,7 +164,7 @@ class Attention(nnx.Module):
   def __call__(self, x, *, over="frame", mix=None, summary_tokens=0):
     b, t, n, c = x.shape
     qkv = sharding.split_frames(dense(self.qkv, x))  # (B, T, N, 3, H, D)
-    if sharding.traced_size("tensor") == 1:  # channels as one axis, as the mixing slices them: (H, D) pads on TPUs
+    if not heads_split():  # channels as one axis, as the mixing slices them: (H, D) pads on TPUs
       qkv = qkv.reshape(*qkv.shape[:4], -1)
     q, k, v = (sharding.split_frames(qkv[:, :, :, i]) for i in range(3))  # each (B, T, N, C) or (B, T, N, H, D)
     if summary_tokens:  # every frame also attends to the summaries of all frames (unmixed)
