@@ -216,33 +216,32 @@ def _pil_coefficients(in_size, out_size):
   return bounds, weights
 
 
-@numba.njit(**_JIT)
-def _clip8(ss):
-  v = ss >> _PRECISION_BITS
-  return np.uint8(0 if v < 0 else 255 if v > 255 else v)
+@numba.njit(inline="always")
+def _taps(out, line, start, weights, count, acc):
+  """out[c, :] = Resample.c's fixed-point sum of `count` taps of lanes line (positions, C, n) from position
+  `start`, weighted by int32 `weights`, rounded (the half in the initial sum) and clipped (clip8), per channel."""
+  for c in range(line.shape[1]):
+    for k in range(line.shape[2]):
+      acc[k] = 1 << (_PRECISION_BITS - 1)
+    for i in range(count):
+      w = weights[i]
+      for k in range(line.shape[2]):
+        acc[k] += np.int32(line[start + i, c, k]) * w
+    for k in range(line.shape[2]):
+      v = acc[k] >> _PRECISION_BITS
+      out[c, k] = 0 if v < 0 else 255 if v > 255 else v
 
 
 @numba.njit(**_JIT)
 def _resample_rows(src, first, bounds, weights):
   """ImagingResampleHorizontal_8bpc on lanes src (H, W, C, n) for output rows of source rows first, first + 1, ...:
-  uint8 (len(rows), out_w, C, n)."""
+  uint8 (H - first, out_w, C, n)."""
   height, _, channels, n = src.shape
-  out_w = len(bounds)
-  out = np.empty((height - first, out_w, channels, n), np.uint8)
+  out = np.empty((height - first, len(bounds), channels, n), np.uint8)
   acc = np.empty(n, np.int32)
   for y in range(height - first):
-    row = src[first + y]
-    for xx in range(out_w):
-      xmin, taps = bounds[xx, 0], bounds[xx, 1]
-      for c in range(channels):
-        for k in range(n):
-          acc[k] = 1 << (_PRECISION_BITS - 1)
-        for x in range(taps):
-          w = weights[xx, x]
-          for k in range(n):
-            acc[k] += np.int32(row[xmin + x, c, k]) * w
-        for k in range(n):
-          out[y, xx, c, k] = _clip8(acc[k])
+    for xx in range(len(bounds)):
+      _taps(out[y, xx], src[first + y], bounds[xx, 0], weights[xx], bounds[xx, 1], acc)
   return out
 
 
@@ -250,21 +249,11 @@ def _resample_rows(src, first, bounds, weights):
 def _resample_columns(src, shift, bounds, weights):
   """ImagingResampleVertical_8bpc on lanes src (H, W, C, n), source row indices less `shift`: uint8 (out_h, W, C, n)."""
   _, width, channels, n = src.shape
-  out_h = len(bounds)
-  out = np.empty((out_h, width, channels, n), np.uint8)
+  out = np.empty((len(bounds), width, channels, n), np.uint8)
   acc = np.empty(n, np.int32)
-  for yy in range(out_h):
-    ymin, taps = bounds[yy, 0] - shift, bounds[yy, 1]
+  for yy in range(len(bounds)):
     for x in range(width):
-      for c in range(channels):
-        for k in range(n):
-          acc[k] = 1 << (_PRECISION_BITS - 1)
-        for y in range(taps):
-          w = weights[yy, y]
-          for k in range(n):
-            acc[k] += np.int32(src[ymin + y, x, c, k]) * w
-        for k in range(n):
-          out[yy, x, c, k] = _clip8(acc[k])
+      _taps(out[yy, x], src[:, x], bounds[yy, 0] - shift, weights[yy], bounds[yy, 1], acc)
   return out
 
 
