@@ -197,12 +197,12 @@ def test_short_side_jitter_crop_is_the_float_resize_rounded():
 def test_geometric_ops_are_pils_transforms_bit_for_bit():
   """kernels.affine, which AutoAugment's Rotate, ShearX/Y and TranslateYRel use, against PIL's own `rotate` and
   `transform` (timm's calls) on every frame, each with its filter: square and oblong frames, identity included."""
-  fill = transforms.FILL
+  fill, affine = transforms.FILL, Image.Transform.AFFINE
   pil = {"Rotate": lambda im, v, r: im.rotate(v, resample=r, fillcolor=fill),
-         "ShearX": lambda im, v, r: im.transform(im.size, Image.Transform.AFFINE, (1, v, 0, 0, 1, 0), r, fillcolor=fill),
-         "ShearY": lambda im, v, r: im.transform(im.size, Image.Transform.AFFINE, (1, 0, 0, v, 1, 0), r, fillcolor=fill),
-         "TranslateYRel": lambda im, v, r: im.transform(im.size, Image.Transform.AFFINE,
-                                                        (1, 0, 0, 0, 1, v * im.size[1]), r, fillcolor=fill)}
+         "ShearX": lambda im, v, r: im.transform(im.size, affine, (1, v, 0, 0, 1, 0), r, fillcolor=fill),
+         "ShearY": lambda im, v, r: im.transform(im.size, affine, (1, 0, 0, v, 1, 0), r, fillcolor=fill),
+         "TranslateYRel": lambda im, v, r: im.transform(im.size, affine, (1, 0, 0, 0, 1, v * im.size[1]), r,
+                                                        fillcolor=fill)}
   args = {"Rotate": (24.0, -27.0, 3.0, 0.0, -30.0), "ShearX": (0.27, -0.09), "ShearY": (-0.12, 0.0, 0.3),
           "TranslateYRel": (0.405, -0.18)}
   rng = np.random.default_rng(0)

@@ -2,9 +2,10 @@
 
 numpy, Pillow and compiled loops that reproduce Pillow's bit for bit (xvit_jax.data.kernels; no jax), for data
 workers. Every random choice is drawn once per clip from an explicit np.random.Generator and applied alike to
-all frames (reference 5.1), so the same seed gives the same clip. The only per-frame draw is AutoAugment's resampling filter for geometric ops, as the
-official code does. Frames stay uint8 (T, H, W, 3): what needs normalised values (the erasing box's
-mid-grey, mixup's blend) is drawn here and applied on the device (xvit_jax.preprocess).
+all frames (reference 5.1), so the same seed gives the same clip. The only per-frame draw is AutoAugment's
+resampling filter for geometric ops, as the official code does. Frames stay uint8 (T, H, W, 3): what needs
+normalised values (the erasing box's mid-grey, mixup's blend) is drawn here and applied on the device
+(xvit_jax.preprocess).
 
 Differences from the official loaders (kinetics.py, ssv2.py) that remain:
   * Order. The official code runs AutoAugment first, on the decoded frames at full resolution
