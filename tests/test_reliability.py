@@ -52,6 +52,20 @@ def test_nonfinite_skip_counts_the_steps_and_never_applies_them(tmp_path):
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(final_params(tmp_path)))
 
 
+def test_a_write_error_keeps_its_reason_when_tensorstore_appends_its_spec():
+  """tensorstore ends some errors with payloads ([os_error_code=...], [tensorstore_spec='{...}'], its JSON a
+  kilobyte long): the one-line error keeps the OS's reason, which cutting the middle of the whole line lost."""
+  from xvit_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  where = "/tmp/run/checkpoints/3.orbax-checkpoint-tmp/train.orbax-checkpoint-tmp/ocdbt.process_0/d/" + "f" * 32
+  spec = '{"context":{"file_io_concurrency":{"limit":128}},' + '"x":1,' * 200 + '"store_data_equal_to_fill_value":true}'
+  error = ValueError(f'OUT_OF_RANGE: Error writing "opt_state/0/trace" in OCDBT database at local file "{where}": '
+                     "Failed to write 17408 bytes to file 17: File too large [os_error_code='27'] "
+                     f"[source locations='tensorstore/internal/os/file_util_posix.cc:312'] [tensorstore_spec='{spec}']")
+  line = checkpoints._first_line(error)
+  assert "File too large" in line and "tensorstore_spec" not in line and len(line) <= 405
+  assert line.startswith("OUT_OF_RANGE: Error writing")
+
+
 def test_a_failed_checkpoint_write_stops_the_run_and_the_previous_checkpoint_survives(tmp_path, saved_at_2):
   """A write that fails mid-checkpoint: files over 16 KiB are refused (EFBIG), as a full disk refuses them. The
   limit is under the size of the train state's _METADATA file (17 kB for the tiny model) so that every checkpoint

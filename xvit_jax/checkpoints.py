@@ -90,9 +90,14 @@ def close(mngr):
     logging.set_verbosity(level)
 
 
+# tensorstore's payloads after its message: [os_error_code='27'], [source locations='...'], [tensorstore_spec='{...}']
+_PAYLOAD = re.compile(r" \[[\w ]+='[^']*'\]")
+
+
 def _first_line(error, limit=400):
-  """An exception's first line, its middle cut when long (the start names the file, the end the reason)."""
-  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  """An exception's first line without tensorstore's payloads, its middle cut when long (the start names the
+  file, the end the reason: a spec's JSON at the end would push "File too large" out of the line)."""
+  line = _PAYLOAD.sub("", (str(error).strip().splitlines() or [type(error).__name__])[0])
   return line if len(line) <= limit else f"{line[:limit // 2]} ... {line[-limit // 2:]}"
 
 
