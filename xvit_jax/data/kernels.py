@@ -21,6 +21,8 @@ import math
 import numba
 import numpy as np
 
+from xvit_jax.data import video
+
 _JIT = dict(cache=True, nogil=True)
 
 
@@ -263,8 +265,7 @@ def resize(frames, box, size, mirror=False):
   when it shrinks), then `transpose(FLIP_LEFT_RIGHT)` with `mirror`: uint8 (T, size, size, 3), bit for bit."""
   left, top, width, height = box
   if (width, height) == (size, size):  # Image.resize returns a copy when the size is the image's
-    crop = frames[:, top:top + size, left:left + size]
-    return np.ascontiguousarray(crop[:, :, ::-1] if mirror else crop)
+    return np.ascontiguousarray(video.crop_view(frames, (top, left, size, size), mirror))
   frames = np.ascontiguousarray(frames)
   out = np.empty((len(frames), size, size, frames.shape[3]), np.uint8)
   index = np.arange(len(frames))

@@ -87,7 +87,7 @@ def short_side_jitter_crop(frames, rng, size, short_side_range=(256, 320), flip_
   mirror = _draw_flip(rng, flip_p)
   taps = video.crop_taps(*frames.shape[1:3], length, crop=(y, x, size, size), mirror=mirror)  # only the crop
   if taps is None:  # the short side is already `length`
-    return np.ascontiguousarray(frames[:, y:y + size, x:x + size][:, :, ::-1 if mirror else 1])
+    return np.ascontiguousarray(video.crop_view(frames, (y, x, size, size), mirror))
   return kernels.bilinear_crop(frames, *taps)
 
 

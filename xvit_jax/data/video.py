@@ -240,6 +240,13 @@ def _columns(left, width, mirror):
   return slice(left + width - 1, left - 1 if left else None, -1) if mirror else slice(left, left + width)
 
 
+def crop_view(frames, crop=None, mirror=False):
+  """A view of frames (T, H, W, C) cut to crop = (top, left, height, width) (None: whole), left to right
+  reversed with `mirror`: what `resize_short_side` returns (as float32) for frames already at its size."""
+  top, left, height, width = crop or (0, 0, *frames.shape[1:3])
+  return frames[:, top:top + height, _columns(left, width, mirror)]
+
+
 def crop_taps(height, width, size, *, crop=None, mirror=False):
   """What `resize_short_side(frames (T, height, width, C), size, crop=crop, mirror=mirror)` reads, or None when
   frames of that size come back unchanged: (rows, where, (xi0, xi1, xw0, xw1), (yw0, yw1)), with `rows` the
@@ -276,8 +283,7 @@ def resize_short_side(frames, size, *, crop=None, mirror=False):
   frames = np.asarray(frames)
   taps = crop_taps(*frames.shape[1:3], size, crop=crop, mirror=mirror)
   if taps is None:  # already `size`: the official early return
-    top, left, out_h, out_w = crop or (0, 0, *frames.shape[1:3])
-    return frames[:, top:top + out_h, _columns(left, out_w, mirror)].astype(np.float32)
+    return crop_view(frames, crop, mirror).astype(np.float32)
   rows, where, (xi0, xi1, xw0, xw1), (yw0, yw1) = taps
   out_h = len(yw0)
   first, last = int(xi0.min()), int(xi1.max())  # the source columns used

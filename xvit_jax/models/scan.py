@@ -6,8 +6,9 @@ graphdefs: X-ViT's mixing blocks, or its blocks that do not mix) has its paramet
 scanned over, so the compiled program holds one loop body per run (less to compile: BENCHMARKS.md, "Scanned
 layers"). The stack costs one copy of the run's parameters (and of their gradients) per step, sharded like them,
 and the per-block pieces it leaves around the loop (each block's slice of the stacked gradient, its optimizer
-update) still make the TPU compile grow with depth; parameters stored stacked would not (measured there). A block's drop-path rate and its dropout key are scanned inputs, so blocks
-that differ only in their rate are one run, and the numbers equal those of the plain loop.
+update) still make the TPU compile grow with depth; parameters stored stacked would not (measured there). A
+block's drop-path rate and its dropout key are scanned inputs, so blocks that differ only in their rate are one
+run, and the numbers equal those of the plain loop.
 """
 
 import jax
