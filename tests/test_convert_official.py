@@ -71,6 +71,19 @@ def test_export_then_import_round_trips_exactly():
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_model_that_stores_its_blocks_stacked_imports_and_exports_the_same_weights():
+  """model.scan_layers stores the blocks stacked (`stacks/0`, a leading axis of 2): the official per-block weights
+  go in with parity and come out exactly."""
+  cfg, sd = small(16, 8, 8, scan_layers=True)
+  assert_parity(cfg, sd)
+  params = nnx.to_pure_dict(nnx.state(model_from_official(cfg, sd), nnx.Param))
+  assert params["stacks"][0]["attn"]["qkv"]["kernel"].shape == (2, 32, 3, 4, 8) and "blocks" not in params
+  exported = official.export_state_dict(params, cfg.model)
+  for key, value in sd.items():
+    if not key.startswith("new_fc"):
+      np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
 def test_a_checkpoint_that_does_not_fit_names_the_parameter_and_both_shapes():
   cfg, sd = small()
   expected = nnx.to_pure_dict(nnx.state(create_model(cfg.model), nnx.Param))

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from xvit_jax import layouts
 from xvit_jax.flops import forward_flops
 from xvit_jax.models import XViT, create_model
 
@@ -148,9 +149,11 @@ def test_scanned_blocks_give_the_numbers_of_the_loop(attention, layers, shift_la
     forward = jax.jit(lambda p, graphdef=graphdef: nnx.merge(graphdef, p)(video)).lower(params).compile()
     out[scan] = forward(params), jax.jit(jax.grad(loss))(params), forward.as_text().count(" while(")
   np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
-  for unscanned, scanned in zip(jax.tree.leaves(out[False][1]), jax.tree.leaves(out[True][1])):
+  grads = {scan: layouts.per_block(nnx.to_pure_dict(out[scan][1])) for scan in (False, True)}  # stacked: by block
+  assert sorted(grads[True]) == sorted(grads[False])
+  for name, unscanned in grads[False].items():
     # float32 sums in another order: within 5e-6 of the largest gradient of the leaf
-    np.testing.assert_allclose(scanned, unscanned, atol=5e-6 * float(np.abs(unscanned).max()))
+    np.testing.assert_allclose(grads[True][name], unscanned, atol=5e-6 * float(np.abs(unscanned).max()), err_msg=name)
   assert (out[False][2], out[True][2]) == (0, loops)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 from flax import nnx
 
 from conftest import tiny_config, train_main
+from xvit_jax import layouts
 from xvit_jax.convert import official, pretrained
 from xvit_jax.models import create_model
 
@@ -63,6 +64,23 @@ def test_google_imagenet21k_npz(tmp_path):
   assert "temp_embed" in report["fresh"] and "head/fc2/kernel" in report["fresh"]
   assert not any(name.startswith("blocks") for name in report["fresh"])
   assert {"base_model.pre_logits.fc.weight", "base_model.head.weight"} <= set(report["dropped"])
+
+
+def test_a_model_that_stores_its_blocks_stacked_loads_the_same_weights(tmp_path):
+  """model.scan_layers (blocks stored stacked, layouts.py): the same parameters as block by block, and a report
+  that names them block by block."""
+  google_vit_npz(tmp_path / "ViT.npz", grid=4, rng=np.random.default_rng(2))
+  loaded = {}
+  for scan in (False, True):
+    cfg = tiny_config(hidden_size=C, num_heads=HEADS, mlp_dim=MLP, image_size=32, scan_layers=scan)
+    params, report = pretrained.load(str(tmp_path / "ViT.npz"), cfg.model, fresh(cfg))
+    assert ("stacks" in params, "blocks" in params) == (scan, not scan)
+    loaded[scan] = (layouts.per_block(params), report)
+  assert loaded[True][1] == loaded[False][1]
+  assert "blocks/1/attn/qkv/kernel" in loaded[True][1]["loaded"]
+  assert sorted(loaded[True][0]) == sorted(loaded[False][0])
+  for name, value in loaded[False][0].items():
+    np.testing.assert_array_equal(loaded[True][0][name], value, err_msg=name)
 
 
 def test_timm_state_dict_gives_the_same_model_as_the_google_npz(tmp_path):

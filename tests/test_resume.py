@@ -191,3 +191,66 @@ def test_a_checkpoint_of_the_older_qkv_layout_resumes_as_todays(tmp_path):
   qkv = checkpoints.restore_params(mngr, 2, final_params(new))["blocks"][0]["attn"]["qkv"]["kernel"]
   assert qkv.shape == (32, 3, 4, 8)
   mngr.close()  # read with a template of numpy arrays (predict, export, pretrained's loader)
+
+
+# 4 host devices, mesh fsdp=2 x tensor=2: checkpoints `argv[1]` steps 2 and 4 restored into the state of the demo
+# model stored block by block and stacked (model.scan_layers); prints, per layout, whether every leaf kept its
+# template's sharding and how many of them are sharded, and whether the two agree piece by piece
+RESTORED_BOTH_WAYS = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from conftest import main_config
+from xvit_jax import checkpoints, layouts, optim, sharding, state
+out = {}
+for step in (2, 4):
+  flat = {}
+  for scan in (False, True):
+    c = main_config(f"--config.model.scan_layers={scan}", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+                    "--config.mesh.tensor=2")
+    tx, _ = optim.make_optimizer(c.optimizer, c.total_steps)
+    _, s, shardings = state.create(c, tx, sharding.make_mesh(c.mesh))
+    mngr = checkpoints.manager(sys.argv[1], create=False)
+    assert state.restore(s, mngr, step)
+    mngr.close()
+    kept = jax.tree.leaves(jax.tree.map(lambda x, w: x.sharding == w, s, shardings))
+    sharded = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(s))
+    out[f"{step}/{scan}"] = [all(kept), sharded]
+    leaves = jax.tree_util.tree_flatten_with_path(s)[0]
+    flat[scan] = {checkpoints._stored_name(p): np.asarray(x) for p, x in leaves}
+  pieces = layouts.pieces({name: x.shape for name, x in flat[True].items()})
+  out[f"{step}/same"] = sorted(pieces) == sorted(flat[False]) and all(
+      np.array_equal(flat[True][name] if j is None else flat[True][name][j], flat[False][piece])
+      for piece, (name, j, _) in pieces.items())
+print(json.dumps(out))
+"""
+
+
+def test_a_checkpoint_restores_into_either_block_layout(tmp_path):
+  """model.scan_layers stores each run of alike blocks stacked (`stacks/k`), without it the model stores them block
+  by block (`blocks/i`): a checkpoint written in either layout restores into the other, on a mesh that shards
+  them, with the same numbers in every parameter and optimizer moment (layouts.py). A run resumed with its
+  layers switched to scanned trains on as it would have unscanned (within float32 rounding: scanning reorders
+  sums), and its stacked checkpoint reads back block by block."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from conftest import REPO, cpu_env  # pylint: disable=import-outside-toplevel
+  run = ["--config.checkpoint_every=2", "--config.eval_every=0"]
+  switched, kept = tmp_path / "switched", tmp_path / "kept"
+  train_main(switched, "--config.total_steps=2", *run)
+  shutil.copytree(switched, kept)
+  out, _ = train_main(switched, "--config.total_steps=4", "--config.model.scan_layers=True", *run)
+  assert "resumed from" in out
+  train_main(kept, "--config.total_steps=4", *run)
+  for a, b in zip(jax.tree.leaves(final_params(switched)), jax.tree.leaves(final_params(kept))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+  result = subprocess.run([sys.executable, "-c", RESTORED_BOTH_WAYS, str(switched)], cwd=REPO, env=cpu_env(4),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  restored = json.loads(result.stdout.splitlines()[-1])
+  for step in (2, 4):  # step 2 written block by block, step 4 stacked
+    assert restored[f"{step}/same"], step
+    for scan in ("False", "True"):
+      kept_placement, sharded = restored[f"{step}/{scan}"]
+      assert kept_placement and sharded > 10, (step, scan, sharded)

@@ -199,48 +199,55 @@ def test_gradient_accumulation_equals_the_whole_batch(float32_step):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-# 8 host devices: the train step of 4 alike blocks (one scanned run) on data=1 x fsdp=4 x tensor=2, compiled;
-# prints its argument bytes, the per-chip bytes of its state and batch, the stacked (4, ...) kernel shapes in
-# its program and each block kernel's whole and per-chip shape
+# 8 host devices: the train step of 4 alike blocks stored stacked (one scanned run) on data=1 x fsdp=4 x tensor=2,
+# compiled; prints its argument bytes, the per-chip bytes of its state and batch, the per-chip bytes of the
+# parameters and optimizer state stored stacked and block by block, and each kernel's whole and per-chip shape
 SCANNED_ON_8_DEVICES = """
-import json, re, sys
+import json, sys
 sys.path.insert(0, "tests")
 import numpy as np
 from conftest import tiny_config
 from xvit_jax import optim, sharding, state, train, trees
 from xvit_jax.tools import plan
-c = tiny_config(num_layers=4, hidden_size=128, num_heads=4, mlp_dim=512, num_frames=4, image_size=16, scan_layers=True)
-c.batch_size, c.augment.mixup_group = 8, 1
-c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
-mesh = sharding.make_mesh(c.mesh)
-tx, schedule = optim.make_optimizer(c.optimizer, c.total_steps)
-graphdef, abstract, shardings = state.abstract(c, tx, mesh)
-batch = plan.train_batch(c, mesh)
-compiled = train.make_train_step(c, graphdef, tx, schedule, shardings=shardings).lower(abstract, batch).compile()
 per_chip = lambda leaf: int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
-kernels = {name: [list(leaf.shape), list(leaf.sharding.shard_shape(leaf.shape))]
-           for name, leaf in trees.flatten(abstract["params"]).items()
-           if name.startswith("blocks/0/") and name.endswith("kernel")}
-print(json.dumps({"arguments": int(compiled.memory_analysis().argument_size_in_bytes),
-                  "per_chip": sum(per_chip(leaf) for leaf in trees.flatten({"s": abstract, "b": batch}).values()),
-                  "stacked": sorted(set(re.findall(r"f32\\[4,([\\d,]+)\\]", compiled.as_text()))),
-                  "kernels": kernels}))
+out = {}
+for scan in (True, False):
+  c = tiny_config(num_layers=4, hidden_size=128, num_heads=4, mlp_dim=512, num_frames=4, image_size=16,
+                  scan_layers=scan)
+  c.batch_size, c.augment.mixup_group = 8, 1
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
+  mesh = sharding.make_mesh(c.mesh)
+  tx, schedule = optim.make_optimizer(c.optimizer, c.total_steps)
+  graphdef, abstract, shardings = state.abstract(c, tx, mesh)
+  out[f"stored/{scan}"] = sum(per_chip(leaf) for leaf in trees.flatten(abstract).values())
+  out[f"kernels/{scan}"] = {name: [list(leaf.shape), list(leaf.sharding.shard_shape(leaf.shape))]
+                            for name, leaf in trees.flatten(abstract["params"]).items()
+                            if name.startswith(("stacks/", "blocks/")) and name.endswith("kernel")}
+  if scan:
+    batch = plan.train_batch(c, mesh)
+    compiled = train.make_train_step(c, graphdef, tx, schedule, shardings=shardings).lower(abstract, batch).compile()
+    out["arguments"] = int(compiled.memory_analysis().argument_size_in_bytes)
+    out["per_chip"] = sum(per_chip(leaf) for leaf in trees.flatten({"s": abstract, "b": batch}).values())
+print(json.dumps(out))
 """
 
 
 def test_scanned_blocks_keep_their_parameters_sharded():
-  """Scanning stacks a run's parameters in the step: the stack stays split over fsdp and tensor as the
-  parameters are (only per-chip shapes in the program), and the step's arguments stay the sharded state."""
+  """Blocks stored stacked (model.scan_layers) are placed as each block alone, their leading axis whole: the
+  same per-chip bytes of parameters and optimizer state as stored block by block, and the step's arguments are
+  that sharded state."""
   result = subprocess.run([sys.executable, "-c", SCANNED_ON_8_DEVICES], cwd=REPO, env=cpu_env(8),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   out = json.loads(result.stdout.splitlines()[-1])
   assert out["arguments"] == out["per_chip"]
-  stacked = {tuple(map(int, shape.split(","))) for shape in out["stacked"]}  # (4, ...): one (...) per block
-  assert len(out["kernels"]) == 4
-  for name, (whole, shard) in out["kernels"].items():
-    assert whole != shard, name  # sharded, or the check proves nothing
-    assert tuple(shard) in stacked and tuple(whole) not in stacked, (name, out["stacked"])
+  assert out["stored/True"] == out["stored/False"]
+  stacked, alone = out["kernels/True"], out["kernels/False"]
+  assert len(stacked) == 4 and len(alone) == 16  # qkv, proj, fc1, fc2 of one run of 4 blocks; of each block
+  for name, (whole, shard) in stacked.items():
+    block = alone[name.replace("stacks/0/", "blocks/3/")]
+    assert block[0] != block[1], name  # sharded, or the check proves nothing
+    assert (whole, shard) == ([4] + block[0], [4] + block[1]), name
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])

@@ -13,16 +13,17 @@ half-written step is never picked up. Kept: the newest `keep` steps and the one 
 A checkpoint written by `tools.import_official` (or any other weights-only export) has `params` alone;
 training from it starts a fresh optimizer at step 0.
 
-Older layouts are converted on restore: checkpoints written before the head-aligned qkv kernel (C, 3, H, D)
-hold it as (C, 3C) and its bias as (3C,), the same numbers in the same order (LEGACY_LAYOUTS).
+A checkpoint restores into any layout of the same parameters (layouts.py): written block by block and restored
+into a model that stores its blocks stacked (model.scan_layers), or the other way round, or written before the
+head-aligned qkv kernel; the parameters and their optimizer moments are converted on restore.
 """
 
 import contextlib
-import math
 import os
 import re
 
 import grain
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -30,15 +31,12 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers
 
-from xvit_jax import trees
+from xvit_jax import layouts, trees
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.errors import UserError
 
 PARAMS, TRAIN, DATA = "params", "train", "data"
 BEST_METRIC = "eval/top1"
-# Leaves (the parameters, and their optimizer moments, whose paths end the same) that older checkpoints hold in
-# fewer dimensions, the same numbers in the same order: restored as stored, then reshaped.
-LEGACY_LAYOUTS = (r"attn/qkv/(kernel|bias)$",)  # (C, 3C) and (3C,) before the head-aligned (C, 3, H, D)
 
 
 def manager(directory, *, keep=3, create=True):
@@ -134,31 +132,19 @@ def has_item(mngr, step, item):
   return (epath.Path(mngr.directory) / str(step) / item).is_dir()
 
 
-def _shapes(tree):
-  return {name: tuple(leaf.shape) for name, leaf in trees.flatten(tree).items()}
-
-
-def _legacy(stored, wanted):
-  """{name: stored shape} of the leaves stored in an older layout (LEGACY_LAYOUTS) that restore reshapes."""
-  return {name: stored[name] for name, shape in wanted.items()
-          if name in stored and stored[name] != shape and len(stored[name]) < len(shape)
-          and math.prod(stored[name]) == math.prod(shape) and any(re.search(p, name) for p in LEGACY_LAYOUTS)}
-
-
 def check_fits(mngr, step, params):
-  """UserError naming the parameter and both shapes if the stored parameters are not shaped like `params`."""
-  stored = _shapes(mngr.item_metadata(step)[PARAMS].tree)
-  wanted = _shapes(params)
-  stored.update({name: wanted[name] for name in _legacy(stored, wanted)})
+  """UserError naming the parameter (block by block, as layouts.pieces) and both shapes if the stored
+  parameters are not those of `params` in any layout."""
+  stored = {name: tuple(leaf.shape) for name, leaf in trees.flatten(mngr.item_metadata(step)[PARAMS].tree).items()}
+  missing, unexpected, shapes = layouts.mismatch(stored, {name: tuple(leaf.shape)
+                                                          for name, leaf in trees.flatten(params).items()})
   where = os.path.join(str(mngr.directory), str(step))
-  missing, unexpected = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
   if missing or unexpected:
     raise UserError(f"checkpoint {where} is from another model config: missing parameters {missing[:5] or 'none'}, "
                     f"unexpected parameters {unexpected[:5] or 'none'}")
-  for name, shape in wanted.items():
-    if stored[name] != shape:
-      raise UserError(f"checkpoint {where} is from another model config: parameter {name} has shape "
-                      f"{stored[name]}, the config needs {shape}")
+  for name, stored_shape, shape in shapes[:1]:
+    raise UserError(f"checkpoint {where} is from another model config: parameter {name} has shape "
+                    f"{stored_shape}, the config needs {shape}")
 
 
 @contextlib.contextmanager
@@ -187,29 +173,52 @@ def _stored_name(path):
 
 
 def _restore(mngr, step, item, template):
-  """Item `item` of `step` laid out like `template`; leaves in a legacy layout are read in their stored shape
-  (replicated) and reshaped into the template's shape and sharding."""
-  shapes = lambda tree: {_stored_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  legacy = _legacy(shapes(mngr.item_metadata(step)[item].tree), shapes(template))
+  """Item `item` of `step` laid out like `template` (shapes, dtypes, shardings). When the stored layout differs
+  (layouts.py), each stored leaf is read in its own shape, sharded as the leaves it makes (replicated when it is
+  reshaped), and they are assembled into the template's leaves and shardings."""
+  flat = lambda tree: {_stored_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  meta, wanted = mngr.item_metadata(step)[item].tree, flat(template)
+  stored = {name: tuple(leaf.shape) for name, leaf in flat(meta).items()}
+  plan = layouts.sources(stored, {name: tuple(leaf.shape) for name, leaf in wanted.items()})
+  if all(parts is None for parts in plan.values()):
+    return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(template)}))[item]
+  reads = {}  # stored name -> (dtype, sharding) to read it with
+  for name, parts in plan.items():
+    for source, j in parts or [(name, None)]:
+      reads[source] = (wanted[name].dtype, _read_sharding(getattr(wanted[name], "sharding", None), name, source, j,
+                                                          stored[source], wanted[name].shape))
+  read = jax.tree_util.tree_map_with_path(lambda p, leaf: _read_as(leaf, *reads.get(_stored_name(p), (leaf.dtype, None))),
+                                          meta)
+  restored = flat(mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(read)}))[item])
 
-  def as_stored(path, leaf):
-    shape = legacy.get(_stored_name(path))
-    if shape is None:
-      return leaf
-    where = getattr(leaf, "sharding", None)  # None: a numpy template
-    if isinstance(where, NamedSharding):
-      where = NamedSharding(where.mesh, PartitionSpec())
-    return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=where)
+  def converted(path, leaf):
+    name = _stored_name(path)
+    if plan[name] is None:
+      return restored[name]
+    value = layouts.assemble([(restored[source], j) for source, j in plan[name]], name, tuple(leaf.shape))
+    return jax.device_put(value, leaf.sharding) if hasattr(leaf, "sharding") else np.asarray(value)
+  return jax.tree_util.tree_map_with_path(converted, template)
 
-  def converted(path, value, leaf):
-    if _stored_name(path) not in legacy:
-      return value
-    value = value.reshape(leaf.shape)
-    return jax.device_put(value, leaf.sharding) if hasattr(leaf, "sharding") else value
 
-  read = jax.tree_util.tree_map_with_path(as_stored, template) if legacy else template
-  restored = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(read)}))[item]
-  return jax.tree_util.tree_map_with_path(converted, restored, template) if legacy else restored
+def _read_as(stored, dtype, where):
+  """What orbax reads the `stored` leaf into: an array placed `where`, or a numpy array without a placement (an
+  unwritten one: its pages are never touched)."""
+  return np.empty(stored.shape, dtype) if where is None else jax.ShapeDtypeStruct(stored.shape, dtype, sharding=where)
+
+
+def _read_sharding(where, name, source, index, stored_shape, shape):
+  """How to read the stored leaf `source` that makes (its block `index`, or all of it) the leaf `name` of `shape`
+  placed `where`: with the placement of the part it makes (a block of a stacked leaf: the stacked leaf's without
+  its leading axis, and the reverse), replicated when it changes shape otherwise (LEGACY); None: where."""
+  if not isinstance(where, NamedSharding) or (index is None and stored_shape == tuple(shape)):
+    return where
+  spec = tuple(where.spec) + (None,) * (len(shape) - len(where.spec))
+  piece = spec[1:] if layouts.is_stacked(name) else spec  # the placement of one block's parameter
+  if index is not None and len(stored_shape) == len(piece) + 1:
+    return NamedSharding(where.mesh, PartitionSpec(None, *piece))
+  if index is None and len(stored_shape) == len(piece):
+    return NamedSharding(where.mesh, PartitionSpec(*piece))
+  return NamedSharding(where.mesh, PartitionSpec())
 
 
 def restore_params(mngr, step, params):

@@ -13,7 +13,9 @@ Mesh axes (`config.mesh`, sizes; -1 takes the devices left over):
 
 Parameters and optimizer state are placed by RULES: the first pattern found in a parameter's path
 ("blocks/3/attn/qkv/kernel") gives one mesh axis (or None) per dimension. An axis that does not divide its
-dimension is dropped (that dimension is replicated), so any model fits any mesh.
+dimension is dropped (that dimension is replicated), so any model fits any mesh. A stacked run of blocks
+("stacks/0/attn/qkv/kernel", layouts.py) is placed as each of its blocks, its leading axis whole on every chip:
+per-chip bytes are those of the blocks stored one by one.
 """
 
 import functools
@@ -24,7 +26,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from xvit_jax import fields, trees
+from xvit_jax import fields, layouts, trees
 from xvit_jax.errors import UserError
 
 AXES = ("data", "fsdp", "frames", "tensor")  # the last vary fastest: tensor, then frames, on the nearest chips
@@ -138,6 +140,8 @@ def host_local_devices(devices, shape):
 
 def spec_for(name, shape, mesh):
   """The PartitionSpec of an array called `name` (a path like "blocks/0/mlp/fc1/kernel") of `shape`."""
+  if layouts.is_stacked(name):  # (blocks, ...): each block's parameter placed as it would be alone
+    return P(None, *spec_for(name.replace("stacks/", "blocks/"), shape[1:], mesh))
   rule = next(axes for pattern, axes in RULES if re.search(pattern, name))
   if rule == "fsdp_largest":
     axes = [None] * len(shape)

@@ -1,6 +1,7 @@
 """The official X-ViT PyTorch state dict (1adrianb/video-transformers) <-> xvit_jax parameters.
 
-Parameters are plain nested dicts of numpy arrays, as `nnx.to_pure_dict(state)` gives them. Each rule
+Parameters are plain nested dicts of numpy arrays, as `nnx.to_pure_dict(state)` gives them, in either layout
+(layouts.py: a model with `scan_layers` stores its blocks stacked; the rules name them block by block). Each rule
 pairs one of our parameters with one official key and says how the array changes on the way
 (reference section 4.3): Linear weights are transposed, the Conv2d weight goes OIHW -> HWIO, tokens and
 embeddings lose their leading singleton axes. The official qkv weight (3C, C), rows [q | k | v] each head-major,
@@ -9,6 +10,7 @@ is transposed and reshaped to our (C, 3, H, D) kernel (models/attention.py), its
 
 import numpy as np
 
+from xvit_jax import layouts
 from xvit_jax.errors import UserError
 
 # Official keys that carry no parameter of ours for this consensus; they are ignored on import.
@@ -110,18 +112,6 @@ def unwrap(checkpoint):
   return sd
 
 
-def _get(tree, path):
-  for part in path:
-    tree = tree[part]
-  return tree
-
-
-def _set(tree, path, value):
-  for part in path[:-1]:
-    tree = tree.setdefault(part, {})
-  tree[path[-1]] = value
-
-
 def import_params(state_dict, model_cfg, expected):
   """Official state dict -> our nested params; `expected` is our params tree (arrays or shape structs)
   for the config. Raises UserError naming the parameter and both shapes, or listing missing and
@@ -134,21 +124,22 @@ def import_params(state_dict, model_cfg, expected):
   if missing or unexpected:
     raise UserError(f"checkpoint does not fit the config: missing keys {missing or 'none'}; "
                     f"unexpected keys {unexpected or 'none'}")
-  params = {}
+  wanted, params = layouts.per_block(expected), {}
   for path, key, transform in table:
-    want = tuple(_get(expected, path).shape)
+    name = "/".join(map(str, path))
+    want = tuple(wanted[name].shape)
     value = to_ours(state_dict[key], transform, want)
     if value.shape != want:
       raise UserError(f"checkpoint parameter {key} has shape {tuple(state_dict[key].shape)}, the config needs "
-                      f"{'/'.join(map(str, path))} of shape {want} (official shape {_official_shape(transform, want)})")
-    _set(params, path, value.astype(np.float32))
-  return params
+                      f"{name} of shape {want} (official shape {_official_shape(transform, want)})")
+    params[name] = value.astype(np.float32)
+  return layouts.like(expected, params)
 
 
 def export_state_dict(params, model_cfg):
   """Our nested params -> the official state dict (numpy arrays under the official key names)."""
-  sd = {}
+  sd, flat = {}, layouts.per_block(params)
   for path, key, transform in rules(model_cfg):
-    value = np.asarray(_get(params, path))
+    value = np.asarray(flat["/".join(map(str, path))])
     sd[key] = np.ascontiguousarray(_to_theirs(value, transform, _official_shape(transform, value.shape)))
   return sd

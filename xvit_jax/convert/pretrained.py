@@ -17,7 +17,7 @@ import re
 import jax
 import numpy as np
 
-from xvit_jax import checkpoints, trees
+from xvit_jax import checkpoints, layouts
 from xvit_jax.convert import official
 from xvit_jax.errors import UserError
 
@@ -116,12 +116,12 @@ def load(path, model_cfg, params):
   Returns (params, report) where report = {"loaded": [...], "fresh": [...], "dropped": [...]} names parameters."""
   if os.path.isdir(path):
     _, stored = checkpoints.latest_params(path, params)
-    return stored, {"loaded": sorted(trees.flatten(params)), "fresh": [], "dropped": []}
+    return stored, {"loaded": sorted(layouts.per_block(params)), "fresh": [], "dropped": []}
   weights = read_weights(path)
   if "embedding/kernel" in weights:
     weights = google_vit_to_official_keys(weights)
   weights = official.unwrap(weights)
-  flat = trees.flatten(params)
+  flat = layouts.per_block(params)  # reports name block by block in either layout
   loaded, dropped = {}, []
   table = {key: (path_, transform) for path_, key, transform in official.rules(model_cfg)}
   for key, value in weights.items():
@@ -140,5 +140,5 @@ def load(path, model_cfg, params):
         continue
       raise UserError(f"{path}: {key} has shape {tuple(weights[key].shape)}, the config needs {name} of shape {tuple(want)}")
     loaded[name] = value.astype(np.float32)
-  result = jax.tree_util.tree_map_with_path(lambda p, leaf: loaded.get(trees.path_name(p), leaf), params)
+  result = layouts.like(params, {**flat, **loaded})
   return result, {"loaded": sorted(loaded), "fresh": sorted(set(flat) - set(loaded)), "dropped": sorted(dropped)}

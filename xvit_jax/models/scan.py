@@ -1,14 +1,14 @@
-"""The backbone's blocks in order, each run of alike blocks as one `jax.lax.scan`, under a remat policy.
+"""The backbone's blocks in order: block by block, or each run of alike blocks stored stacked and run as one
+`jax.lax.scan`; under a remat policy either way.
 
-Parameters stay stored block by block (`blocks/0`, `blocks/1`, ...: checkpoints, the official key maps and
-the ImageNet-21k loader do not change). In the step, a run of consecutive blocks with the same program (equal
-graphdefs: X-ViT's mixing blocks, or its blocks that do not mix) has its parameters stacked leaf-wise and
-scanned over, so the compiled program holds one loop body per run (less to compile: BENCHMARKS.md, "Scanned
-layers"). The stack costs one copy of the run's parameters (and of their gradients) per step, sharded like them,
-and the per-block pieces it leaves around the loop (each block's slice of the stacked gradient, its optimizer
-update) still make the TPU compile grow with depth; parameters stored stacked would not (measured there). A
-block's drop-path rate and its dropout key are scanned inputs, so blocks that differ only in their rate are one
-run, and the numbers equal those of the plain loop.
+A run is consecutive blocks with the same program (equal graphdefs: X-ViT's mixing blocks, or its blocks that
+do not mix). With `model.scan_layers` the model stores each run as one module whose arrays have a leading
+axis, one entry per block (`stacks/k/...`, block runs[k][j] at index j; parameter names and the conversion
+to and from the per-block `blocks/i/...`: layouts.py), and the step scans over that stored state: the
+compiled program holds one loop body per run and nothing per block, so its compile time hardly grows with
+depth (BENCHMARKS.md, "Scanned layers"). The blocks are created one by one and then stacked, so a seed gives
+the same numbers in both layouts. A block's drop-path rate and its dropout key are scanned inputs, so blocks
+that differ only in their rate are one run, and the numbers equal those of the plain loop.
 """
 
 import jax
@@ -25,34 +25,46 @@ REMAT_POLICIES = {
 }
 
 
-def runs(blocks, scan=True):
-  """Indices of consecutive blocks with equal graphdefs, [[0, 1, ...], [6, ...]]; each block alone if not `scan`."""
+def runs(blocks):
+  """Indices of consecutive blocks with equal graphdefs: [[0, 1, ...], [6, ...]]."""
   out = []
   for i, block in enumerate(blocks):
-    if scan and out and nnx.graphdef(block) == nnx.graphdef(blocks[out[-1][0]]):
+    if out and nnx.graphdef(block) == nnx.graphdef(blocks[out[-1][0]]):
       out[-1].append(i)
     else:
       out.append([i])
   return out
 
 
-def run_blocks(blocks, x, *, rates, key=None, scan=True, remat="none"):
-  """x through `blocks` in order: a run of alike blocks as one scan when `scan`, else block by block.
+def stack(blocks):
+  """One module of alike `blocks` (a run) whose every array is theirs stacked along a new leading axis."""
+  states = [nnx.state(block) for block in blocks]
+  return nnx.merge(nnx.graphdef(blocks[0]), jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+
+
+def run_blocks(blocks, x, *, rates, key=None, remat="none"):
+  """x through `blocks` in order, block by block.
 
   rates: each block's drop-path rate; key: this step's dropout key when training with drop path (block i
   draws from fold_in(key, i), scanned or not), None: no drop path. remat: a REMAT_POLICIES name, applied to
-  each block (the scan's body).
+  each block.
   """
-  for run in runs(blocks, scan):
-    graphdef = nnx.graphdef(blocks[run[0]])
-    states = [nnx.state(blocks[i]) for i in run]
-    layer = _layer(graphdef, key, remat, scanned=len(run) > 1)
-    inputs = (jnp.asarray([rates[i] for i in run], jnp.float32), jnp.asarray(run, jnp.int32))
+  for i, block in enumerate(blocks):
+    graphdef, state = nnx.split(block)
+    x, _ = _layer(graphdef, key, remat, scanned=False)(x, (state, jnp.float32(rates[i]), jnp.int32(i)))
+  return x
+
+
+def run_stacks(stacks, block_runs, x, *, rates, key=None, remat="none"):
+  """x through the blocks stored stacked: stacks[k] holds blocks block_runs[k] (stack), scanned over when the
+  run has more than one; rates, key and remat as run_blocks."""
+  for module, run in zip(stacks, block_runs):
+    graphdef, state = nnx.split(module)
+    inputs = (state, jnp.asarray([rates[i] for i in run], jnp.float32), jnp.asarray(run, jnp.int32))
     if len(run) == 1:
-      x, _ = layer(x, (states[0], inputs[0][0], inputs[1][0]))
-    else:  # (run, ...) per parameter leaf: one copy of the run's parameters in the step
-      stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-      x, _ = jax.lax.scan(layer, x, (stacked,) + inputs)
+      x, _ = _layer(graphdef, key, remat, scanned=False)(x, jax.tree.map(lambda leaf: leaf[0], inputs))
+    else:
+      x, _ = jax.lax.scan(_layer(graphdef, key, remat, scanned=True), x, inputs)
   return x
 
 

@@ -14,7 +14,7 @@ from flax import nnx
 from xvit_jax import sharding
 from xvit_jax.models import heads
 from xvit_jax.models.blocks import Block
-from xvit_jax.models.scan import run_blocks
+from xvit_jax.models.scan import run_blocks, run_stacks, runs, stack
 
 
 def patch_matmul(conv, video):
@@ -36,7 +36,7 @@ class XViT(nnx.Module):
   def __init__(self, *, num_classes, image_size, patch_size, hidden_size, num_layers, num_heads, mlp_dim, attention,
                shift_div, shift_layers, shift_segment, temporal_window, temporal_embed_frames,
                temporal_embed_fold_batch, consensus, summary_tokens, dropout, droppath, norm_eps, head_num_layers,
-               head_num_heads, head_mlp_dim, head_hidden_size, head_norm_eps, attention_impl="xla", scan_layers=True,
+               head_num_heads, head_mlp_dim, head_hidden_size, head_norm_eps, attention_impl="xla", scan_layers=False,
                remat_policy="none", dtype=jnp.float32, rngs):
     dim, patch = hidden_size, patch_size
     num_patches = (image_size // patch) ** 2
@@ -55,11 +55,15 @@ class XViT(nnx.Module):
     mixed = shift_layers if attention == "xvit" else ()
     self.droppath = droppath
     self.droppath_rates = tuple(np.linspace(0.0, droppath, num_layers).tolist())  # block i's, rising linearly
-    self.blocks = nnx.List([
-        Block(dim, num_heads, mlp_dim, attention=attention,
-              mix=(dim // shift_div, shift_segment, temporal_window) if i in mixed else None,
-              summary_tokens=summary_tokens, eps=norm_eps, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
-        for i in range(num_layers)])
+    blocks = [Block(dim, num_heads, mlp_dim, attention=attention,
+                    mix=(dim // shift_div, shift_segment, temporal_window) if i in mixed else None,
+                    summary_tokens=summary_tokens, eps=norm_eps, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
+              for i in range(num_layers)]
+    if scan_layers:  # each run of alike blocks stored stacked (scan.py): `stacks/k`, blocks runs[k]
+      self.runs = tuple(tuple(run) for run in runs(blocks))
+      self.stacks = nnx.List([stack([blocks[i] for i in run]) for run in self.runs])
+    else:  # block by block: `blocks/i`
+      self.blocks = nnx.List(blocks)
     self.norm = nnx.LayerNorm(dim, epsilon=norm_eps, dtype=dtype, rngs=rngs)
 
     if consensus == "avg":
@@ -85,8 +89,10 @@ class XViT(nnx.Module):
       index = jnp.arange(b)[:, None] * t + index
     x = x + self.temp_embed[...][index % self.embed_period][..., None, :].astype(x.dtype)
     key = rngs.dropout() if train and self.droppath else None  # one key for drop path; block i folds in i
-    x = run_blocks(self.blocks, x, rates=self.droppath_rates, key=key, scan=self.scan_layers,
-                   remat=self.remat_policy)
+    if self.scan_layers:
+      x = run_stacks(self.stacks, self.runs, x, rates=self.droppath_rates, key=key, remat=self.remat_policy)
+    else:
+      x = run_blocks(self.blocks, x, rates=self.droppath_rates, key=key, remat=self.remat_policy)
     return self.norm(x)[:, :, 0]
 
   def __call__(self, video, *, train=False, rngs=None):
