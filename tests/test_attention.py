@@ -99,3 +99,22 @@ def test_the_two_mixing_formulations_are_the_same_numbers(shape, fold, segment, 
     np.testing.assert_array_equal(ours, theirs)
   np.testing.assert_array_equal(space_time_mix(x, fold=fold, segment=segment, window=window),
                                 attention._mix_by_slices(x, offsets, fold, segment))
+
+
+def test_dense_layers_flatten_their_leading_axes_for_a_cpu_only():
+  """attention.dense flattens (B, T, N) into one axis for XLA's CPU backend (2-D matmuls, its fast path), and not
+  for a TPU (sharding.traced_platform: the platform of the mesh traced over, here a v5e slice described on this
+  CPU machine), where the flattened layers' step keeps far more memory (BENCHMARKS.md)."""
+  from xvit_jax import sharding  # pylint: disable=import-outside-toplevel
+  from xvit_jax.models.attention import dense  # pylint: disable=import-outside-toplevel
+  from xvit_jax.tools import plan  # pylint: disable=import-outside-toplevel
+  layer = nnx.Linear(8, 16, rngs=nnx.Rngs(0))
+  tpu = plan.slice_devices("v5e:2x2")[2][:1]
+  ranks = {}
+  for devices in (jax.devices()[:1], tpu):
+    mesh = sharding.make_mesh(devices=devices)
+    jaxpr = jax.make_jaxpr(sharding.traced_over(mesh, lambda x: dense(layer, x)))(jnp.ones((2, 3, 5, 8)))
+    dots = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
+    ranks[devices[0].platform] = [eqn.invars[0].aval.ndim for eqn in dots]
+    assert jaxpr.out_avals[0].shape == (2, 3, 5, 16)
+  assert ranks == {"cpu": [2], "tpu": [4]}

@@ -31,7 +31,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers
 
-from xvit_jax import layouts, trees
+from xvit_jax import layouts
 from xvit_jax import workdir as workdir_lib
 from xvit_jax.errors import UserError
 
@@ -135,9 +135,8 @@ def has_item(mngr, step, item):
 def check_fits(mngr, step, params):
   """UserError naming the parameter (block by block, as layouts.pieces) and both shapes if the stored
   parameters are not those of `params` in any layout."""
-  stored = {name: tuple(leaf.shape) for name, leaf in trees.flatten(mngr.item_metadata(step)[PARAMS].tree).items()}
-  missing, unexpected, shapes = layouts.mismatch(stored, {name: tuple(leaf.shape)
-                                                          for name, leaf in trees.flatten(params).items()})
+  shapes_of = lambda tree: {name: tuple(leaf.shape) for name, leaf in _flat(tree).items()}
+  missing, unexpected, shapes = layouts.mismatch(shapes_of(mngr.item_metadata(step)[PARAMS].tree), shapes_of(params))
   where = os.path.join(str(mngr.directory), str(step))
   if missing or unexpected:
     raise UserError(f"checkpoint {where} is from another model config: missing parameters {missing[:5] or 'none'}, "
@@ -172,13 +171,17 @@ def _stored_name(path):
   return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
 
 
+def _flat(tree):
+  """{name: leaf} of a checkpoint item, or of a template for one, named as _stored_name."""
+  return {_stored_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _restore(mngr, step, item, template):
   """Item `item` of `step` laid out like `template` (shapes, dtypes, shardings). When the stored layout differs
   (layouts.py), each stored leaf is read in its own shape, sharded as the leaves it makes (replicated when it is
   reshaped), and they are assembled into the template's leaves and shardings."""
-  flat = lambda tree: {_stored_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  meta, wanted = mngr.item_metadata(step)[item].tree, flat(template)
-  stored = {name: tuple(leaf.shape) for name, leaf in flat(meta).items()}
+  meta, wanted = mngr.item_metadata(step)[item].tree, _flat(template)
+  stored = {name: tuple(leaf.shape) for name, leaf in _flat(meta).items()}
   plan = layouts.sources(stored, {name: tuple(leaf.shape) for name, leaf in wanted.items()})
   if all(parts is None for parts in plan.values()):
     return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(template)}))[item]
@@ -187,9 +190,9 @@ def _restore(mngr, step, item, template):
     for source, j in parts or [(name, None)]:
       reads[source] = (wanted[name].dtype, _read_sharding(getattr(wanted[name], "sharding", None), name, source, j,
                                                           stored[source], wanted[name].shape))
-  read = jax.tree_util.tree_map_with_path(lambda p, leaf: _read_as(leaf, *reads.get(_stored_name(p), (leaf.dtype, None))),
-                                          meta)
-  restored = flat(mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(read)}))[item])
+  as_read = lambda path, leaf: _read_as(leaf, *reads.get(_stored_name(path), (leaf.dtype, None)))
+  read = jax.tree_util.tree_map_with_path(as_read, meta)
+  restored = _flat(mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(read)}))[item])
 
   def converted(path, leaf):
     name = _stored_name(path)

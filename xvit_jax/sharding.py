@@ -18,6 +18,7 @@ dimension is dropped (that dimension is replicated), so any model fits any mesh.
 per-chip bytes are those of the blocks stored one by one.
 """
 
+import contextvars
 import functools
 import re
 
@@ -173,17 +174,30 @@ def batch_sharding(mesh, ndim=1, key=None):
   return NamedSharding(mesh, P(*spec))
 
 
+_PLATFORM = contextvars.ContextVar("platform", default=None)  # that of the mesh being traced over
+
+
 def traced_over(mesh, fn):
   """`fn` traced (under jax.jit) with `mesh` as the abstract mesh, so split_frames inside the model sees its
-  axes; `fn` itself without a mesh."""
+  axes, and the mesh's platform as traced_platform's; `fn` itself without a mesh."""
   if mesh is None:
     return fn
 
   @functools.wraps(fn)
   def traced(*args, **kwargs):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return fn(*args, **kwargs)
+    token = _PLATFORM.set(mesh.devices.flat[0].platform)
+    try:
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return fn(*args, **kwargs)
+    finally:
+      _PLATFORM.reset(token)
   return traced
+
+
+def traced_platform():
+  """The platform the program being traced is for: that of the mesh's devices when traced over one (traced_over:
+  "tpu" for a slice compiled ahead of time on a CPU machine, tools/plan.py), else JAX's default backend."""
+  return _PLATFORM.get() or jax.default_backend()
 
 
 def traced_size(axis):

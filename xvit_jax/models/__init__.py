@@ -44,7 +44,7 @@ def default_config():
   m.dropout = 0.5  # before the head, and inside the temporal-attention head's MLP
   m.droppath = 0.0  # stochastic depth, rising linearly to this over the blocks
   m.norm_eps = 1e-6  # backbone LayerNorm epsilon
-  m.scan_layers = False  # run each run of alike blocks as one scan (TPU: with remat_policy dots or full)
+  m.scan_layers = False  # runs of alike blocks stored stacked, each one scan (TPU: with remat_policy dots or full)
   m.remat_policy = config_dict.placeholder(str)  # none | full | dots: what a block keeps for the backward pass
   m.remat = False  # True: remat_policy "full" (recompute each block in the backward pass: less memory, +1/3 compute)
   m.head = ml_collections.ConfigDict()  # the temporal-attention head; None or 0 follows the backbone

@@ -22,11 +22,13 @@ DENSE_INIT = jax.nn.initializers.xavier_uniform()
 
 
 def dense(layer, x):
-  """`layer` (an nnx.Linear) on the last axis of x with the leading axes flattened: the same numbers, but
-  every gradient matmul is then 2-D, which XLA's CPU backend runs about 3x faster in bfloat16 (a
-  contraction over several axes falls off its fast path; measured in BENCHMARKS.md). Not with frames split over
+  """`layer` (an nnx.Linear) on the last axis of x, for a CPU with the leading axes flattened: the same numbers,
+  but every gradient matmul is then 2-D, which XLA's CPU backend runs about 3x faster in bfloat16 (a
+  contraction over several axes falls off its fast path; measured in BENCHMARKS.md). Not for other platforms
+  (sharding.traced_platform): on a TPU the flattened layers' step keeps far more memory (ViT-B/16 with one
+  512-frame clip a chip: 15.9 GiB of temporaries instead of 9.0, BENCHMARKS.md); nor with frames split over
   chips (sharding.split_frames), where flattening would gather them."""
-  if sharding.traced_frames() > 1:
+  if sharding.traced_frames() > 1 or sharding.traced_platform() != "cpu":
     return layer(x)
   y = layer(x.reshape(-1, x.shape[-1]))
   return y.reshape(*x.shape[:-1], *y.shape[1:])  # the layer's output axes kept: the qkv Einsum's (3, H, D)
