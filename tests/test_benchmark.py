@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, cpu_env
 from xvit_jax import config_lib
 from xvit_jax.flops import forward_flops
 
@@ -117,3 +117,26 @@ def test_out_of_memory_becomes_a_row_not_a_crash(run, tmp_path):
   assert "| joint | 8 | out of memory |" in benchmark.markdown(results)
   benchmark.plot(results, tmp_path / "oom.png")
   assert (tmp_path / "oom.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cudnn_attention_is_refused_in_one_line_before_measuring_on_a_cpu():
+  proc = subprocess.run([sys.executable, "-m", "xvit_jax.benchmark", "--preset=quick", "--speed_only",
+                         "--dtype=bfloat16", "--attention_impl=cudnn"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False, env=cpu_env())
+  assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: config.model.attention_impl='cudnn' is not allowed: xla on this cpu backend (cudnn needs an "
+      "NVIDIA GPU)"), proc.stderr[-2000:]
+
+
+@pytest.mark.slow  # two tiny train steps compiled and timed: about 20 s
+def test_speed_only_measures_the_speed_with_the_attention_implementation_recorded(tmp_path):
+  from xvit_jax import benchmark  # pylint: disable=import-outside-toplevel
+  results = benchmark.run("quick", variants=("xvit",), steps=1, speed_only=True)
+  assert results["meta"]["attention_impl"] == "xla" and results["input"] is None and results["shift"] == []
+  assert [s["frames"] for s in results["speed"]] == [4, 8]
+  assert all(s["train_step_s"] > 0 and 0 < s["train_mfu"] for s in results["speed"])
+  text = benchmark.markdown(results)
+  assert "attention_impl xla" in text and "## Input" not in text
+  benchmark.plot(results, tmp_path / "speed.png")
+  assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"

@@ -33,11 +33,12 @@ PRESETS = {
 }
 
 
-def make_config(preset, attention, frames, *, dtype="float32", batch=1):
+def make_config(preset, attention, frames, *, dtype="float32", batch=1, attention_impl="xla"):
   """base_config() (ViT-B/16 at 224) or the tiny model, with the average consensus so only attention differs."""
   c = config_lib.base_config()
   c.dtype, c.batch_size = dtype, batch
-  c.model.update({**PRESETS[preset]["model"], "attention": attention, "num_frames": frames, "consensus": "avg"})
+  c.model.update({**PRESETS[preset]["model"], "attention": attention, "num_frames": frames, "consensus": "avg",
+                  "attention_impl": attention_impl})
   config_lib.check(c, jax.device_count())
   return c
 
@@ -184,27 +185,34 @@ def official_comparison(preset, steps):
           "max_logit_difference": float(difference)}
 
 
-def run(preset="quick", dtype="float32", variants=VARIANTS, steps=None, batch=None, matmul_size=None):
-  """Every measurement; returns the JSON-ready results."""
+def run(preset="quick", dtype="float32", variants=VARIANTS, steps=None, batch=None, matmul_size=None,
+        attention_impl="xla", speed_only=False):
+  """Every measurement (speed_only: the cost, the peak and the speed); returns the JSON-ready results.
+  attention_impl: the speed section's model.attention_impl (the cost is XLA's count of the xla path)."""
   p = PRESETS[preset]
   steps = steps or p["steps"]
   batch = batch or (1 if jax.default_backend() == "cpu" else 8)
+  make_config(preset, variants[0], p["speed_frames"][0], dtype=dtype, batch=batch, attention_impl=attention_impl)
   results = {"meta": {"preset": preset, "dtype": dtype, "batch": batch, "steps": steps, "variants": list(variants),
                       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-                      "devices": jax.device_count(), "cpus": os.cpu_count(), "jax": jax.__version__}}
+                      "devices": jax.device_count(), "cpus": os.cpu_count(), "jax": jax.__version__,
+                      "attention_impl": attention_impl}}
   results["cost"] = model_cost(preset, variants, p["cost_frames"])
   results["paper_gflops"] = {str(t): g for t, g in PAPER_GFLOPS.items()} if preset == "full" else None
   results["peak"] = peak = matmul_peak(dtype, matmul_size)
   # spatial and xvit take turns (their ratio is the claim); the others, large, are measured alone
   groups = [[v for v in variants if v in ("spatial", "xvit")]] + [[v] for v in variants if v not in ("spatial", "xvit")]
   results["speed"] = [r for t in p["speed_frames"] for group in groups if group for r in guarded(
-      train_and_infer_speed, [make_config(preset, v, t, dtype=dtype, batch=batch) for v in group], steps)]
+      train_and_infer_speed, [make_config(preset, v, t, dtype=dtype, batch=batch, attention_impl=attention_impl)
+                              for v in group], steps)]
   ok = [s for s in results["speed"] if "error" not in s]
   for r in ok:
     base = next((s for s in ok if s["variant"] == "spatial" and s["frames"] == r["frames"]), None)
     r["train_ratio_vs_spatial"] = base and r["train_step_s"] / base["train_step_s"]
     r["train_mfu"] = r["train_step_gflops"] / r["train_step_s"] / 1e3 / peak["tflops_per_s"]
     r["infer_mfu"] = r["infer_gflops"] / r["infer_s"] / 1e3 / peak["tflops_per_s"]
+  if speed_only:
+    return {**results, "shift": [], "input": None, "official": None}
   results["shift"] = [shift_share(make_config(preset, "xvit", t, dtype=dtype, batch=batch), steps)
                       for t in p["speed_frames"]]
   frames = p["input_frames"]  # the input is compared with xvit's train step at these frames (or the last measured)
@@ -223,6 +231,7 @@ def markdown(r):
         "| " + " | ".join(str(x) for x in row) + " |" for row in rows]
 
   m, pk, i = r["meta"], r["peak"], r["input"]
+  impl = m.get("attention_impl", "xla")
   _num = lambda x: "n/a" if x is None else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
   pct, gib = lambda x: f"{100 * x:.1f}%", lambda n: "n/a" if n is None else f"{n / 2 ** 30:.2f}"
   frames = sorted({c["frames"] for c in r["cost"]})
@@ -234,8 +243,8 @@ def markdown(r):
   lines = [f"# xvit_jax benchmark: {m['preset']}, {m['dtype']}, {m['devices']} x {m['device']} ({m['backend']})",
            "", "## Model cost: forward GFLOPs per clip (XLA cost analysis, float32)"]
   lines += _table(["attention"] + [f"{t} frames" for t in frames] + [f"{frames[-1]} / {frames[0]}"], cost)
-  lines += ["", f"## Speed: batch {m['batch']}, median of {m['steps']} steps; MFU against a {pk['size']}^2 "
-            f"{pk['dtype']} matmul at {pk['tflops_per_s']:.3g} TFLOP/s"]
+  lines += ["", f"## Speed: batch {m['batch']}, median of {m['steps']} steps, attention_impl {impl}; MFU against a "
+            f"{pk['size']}^2 {pk['dtype']} matmul at {pk['tflops_per_s']:.3g} TFLOP/s"]
   ratio = lambda x: "n/a" if x is None else f"{x:.2f}"
   speed = [[s["variant"], s["frames"], s["error"]] + [""] * 7 if "error" in s else
            [s["variant"], s["frames"], _num(s["train_clips_per_s"]), _num(1e3 * s["train_step_s"]),
@@ -243,6 +252,8 @@ def markdown(r):
             pct(s["infer_mfu"]), gib(s["train_step_bytes_xla"]), gib(s["peak_bytes_so_far"])] for s in r["speed"]]
   lines += _table(["attention", "frames", "train clips/s", "step ms", "step / spatial", "train MFU",
                    "infer clips/s", "infer MFU", "XLA step GiB", "peak GiB so far"], speed)
+  if i is None:  # --speed_only
+    return "\n".join(lines)
   lines += ["", "## The shift's own share of the X-ViT forward (against shift_layers=none)"]
   lines += _table(["frames", "xvit forward ms", "no-shift forward ms", "share"],
                   [[s["frames"], _num(1e3 * s["xvit_forward_s"]), _num(1e3 * s["no_shift_forward_s"]),
@@ -326,7 +337,7 @@ def main():
       raise app.UsageError("--official_only needs torch: pip install -r requirements-torch.txt")
     print("\n".join(official_markdown(results["official"], results["peak"])))
   else:
-    results = run(f.preset, f.dtype, f.variants, f.steps, f.batch, f.matmul_size)
+    results = run(f.preset, f.dtype, f.variants, f.steps, f.batch, f.matmul_size, f.attention_impl, f.speed_only)
     print(markdown(results))
   if f.out:
     with open(f.out, "w") as out:
@@ -351,6 +362,10 @@ if __name__ == "__main__":
   flags.DEFINE_integer("input_records", None, "--input_only: records per pass (default 8; 4 without --config)",
                        lower_bound=1)
   flags.DEFINE_integer("input_passes", 5, "--input_only: timed passes (the median is reported)", lower_bound=1)
+  flags.DEFINE_enum("attention_impl", "xla", ["xla", "cudnn"], "the speed section's model.attention_impl (cudnn: an "
+                    "NVIDIA GPU and --dtype=bfloat16, else refused in one line)")
+  flags.DEFINE_bool("speed_only", False, "only the model cost, the matmul peak and the speed (train step, forward, "
+                    "MFU): no shift share, input or official comparison")
   flags.DEFINE_string("out", None, "write the results here as JSON (--input_only: merged into an existing file)")
   flags.DEFINE_string("plot", None, "write the plot here (PNG)")
   cli.run(main)
