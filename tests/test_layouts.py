@@ -21,8 +21,8 @@ def test_pieces_name_each_block_of_a_stack_after_the_stacks_before_it():
 
 
 def test_a_tree_converts_to_the_other_layout_and_back_exactly():
-  """Runs [0] [1 2] [3 4] (X-ViT mixing in blocks 1 and 2), numpy trees; older (C, 3C) qkv kernels block by
-  block go into the stacked (C, 3, H, D) ones reshaped."""
+  """Runs [0] [1 2] [3 4] (X-ViT mixing in blocks 1 and 2), numpy trees, and into one run of 5 (spatial
+  attention); older (C, 3C) qkv kernels block by block go into the stacked (C, 3, H, D) ones reshaped."""
   models = [tiny_config(num_layers=5, shift_layers="1-2", scan_layers=scan).model for scan in (False, True)]
   templates = [abstract_params(m) for m in models]
   assert [templates[1]["stacks"][k]["norm1"]["scale"].shape[0] for k in range(3)] == [1, 2, 2]
@@ -35,6 +35,11 @@ def test_a_tree_converts_to_the_other_layout_and_back_exactly():
   assert sorted(back) == sorted(per_block)
   for name, value in per_block.items():
     np.testing.assert_array_equal(back[name], value, err_msg=name)
+  one_run = abstract_params(tiny_config(num_layers=5, attention="spatial", scan_layers=True).model)  # [0 1 2 3 4]
+  restacked = layouts.like(one_run, layouts.per_block(stacked))
+  assert restacked["stacks"][0]["mlp"]["fc1"]["kernel"].shape == (5, 32, 64) and len(restacked["stacks"]) == 1
+  np.testing.assert_array_equal(restacked["stacks"][0]["attn"]["proj"]["bias"], np.stack(
+      [per_block[f"blocks/{i}/attn/proj/bias"] for i in range(5)]))
   older = {name: value.reshape(value.shape[0], -1) if name.endswith("qkv/kernel") else value
            for name, value in per_block.items()}
   assert older["blocks/4/attn/qkv/kernel"].shape == (32, 96)
