@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from xvit_jax import checkpoints, layouts
+from xvit_jax import checkpoints, layouts, trees
 from xvit_jax.errors import UserError
 from xvit_jax.models import abstract_params
 
@@ -30,6 +30,9 @@ def test_a_tree_converts_to_the_other_layout_and_back_exactly():
   per_block = {name: rng.normal(size=leaf.shape).astype(np.float32)
                for name, leaf in layouts.per_block(templates[0]).items()}
   stacked = layouts.like(templates[1], per_block)
+  for template in templates:  # a tree read into its own layout is read as it is, stacked or not
+    shapes = {name: leaf.shape for name, leaf in trees.flatten(template).items()}
+    assert set(layouts.sources(shapes, shapes).values()) == {None}
   np.testing.assert_array_equal(stacked["stacks"][1]["mlp"]["fc2"]["kernel"][1], per_block["blocks/2/mlp/fc2/kernel"])
   back = layouts.per_block(stacked)
   assert sorted(back) == sorted(per_block)

@@ -81,8 +81,9 @@ def sources(stored, wanted):
   out = {}
   for name, parts in made.items():
     parts.sort(key=lambda part: -1 if part[0] is None else part[0])
-    same = (len(parts) == 1 and parts[0][0] is None and parts[0][1] == (name, None) and not parts[0][2])
-    out[name] = None if same else [source for _, source, _ in parts]
+    made_of = [source for _, source, _ in parts]
+    as_stored = made_of == [(name, j) for j, _, _ in parts] and stored.get(name) == tuple(wanted[name])
+    out[name] = None if as_stored and not any(reshaped for _, _, reshaped in parts) else made_of
   return out
 
 
