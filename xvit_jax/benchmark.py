@@ -192,6 +192,7 @@ def run(preset="quick", dtype="float32", variants=VARIANTS, steps=None, batch=No
   p = PRESETS[preset]
   steps = steps or p["steps"]
   batch = batch or (1 if jax.default_backend() == "cpu" else 8)
+  # checked before anything is measured: an attention_impl this machine cannot run is one line, not minutes later
   make_config(preset, variants[0], p["speed_frames"][0], dtype=dtype, batch=batch, attention_impl=attention_impl)
   results = {"meta": {"preset": preset, "dtype": dtype, "batch": batch, "steps": steps, "variants": list(variants),
                       "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
